@@ -1,0 +1,36 @@
+# podrun: the two README commands.
+#   make demo   set everything up, build the digits data set, train ResNet-50 (tiny) on 2 CPU ranks
+#   make test   set everything up and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= data
+
+.PHONY: demo test setup bench clean ui
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(DATA)/digits/train: | $(STAMP)
+	$(BIN)/podrun data digits $(DATA)/digits
+
+demo: $(STAMP) $(DATA)/digits/train
+	$(BIN)/podrun launch recipes/jobs/resnet50-tiny.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/input_pipeline.py
+
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.podrun/mlflow.db --port 5000
+
+clean:
+	rm -rf .podrun build *.egg-info

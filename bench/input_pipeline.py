@@ -1,0 +1,143 @@
+"""Input pipeline throughput: DALI (CPU, and mixed on a GPU) against DataLoader + Pillow.
+
+Both sides are the project's own loaders (:func:`jobs.data.build_loader`) on the same
+JPEGs, with the same train augmentation (random resized crop, flip, normalise), the same
+batch size and the same parallelism (DALI threads = DataLoader workers), measured after a
+warm-up in the same run::
+
+    python bench/input_pipeline.py --data data/imagenet --threads 2 --batch 64 --batches 30
+
+Without ``--data`` it first writes ImageNet-sized (500x375) photo-like JPEGs into a
+temporary folder with :func:`orchestrator.datasets.write_synthetic`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jobs.data import ImageLoader, build_loader  # noqa: E402
+from orchestrator.config import DataConfig  # noqa: E402
+from orchestrator.datasets import write_synthetic  # noqa: E402
+from orchestrator.errors import PodrunError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="ImageNet-layout folder (with train/); default: generate one")
+    parser.add_argument("--threads", type=int, default=2, help="DALI threads = DataLoader workers")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per pipeline")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--classes", type=int, default=10, help="classes of a generated data set")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser.parse_args(argv)
+
+
+def endless_batches(loader: ImageLoader) -> Iterator[torch.Tensor]:
+    """Images of epoch 0, 1, 2 ... so a small data set can still feed every timed batch."""
+    epoch = 0
+    while True:
+        for images, _ in loader.epoch(epoch):
+            yield images
+        epoch += 1
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(cfg: DataConfig, data: Path, args: argparse.Namespace, device: torch.device, classes: int) -> float:
+    """Images per second of the train pipeline over ``args.batches`` batches after warm-up."""
+    loader = build_loader(cfg, "train", data_dir=data, rank=0, world_size=1, batch_size=args.batch, seed=0,
+                          device=device, channels_last=True, num_classes=max(classes, 2))
+    batches = endless_batches(loader)
+    try:
+        for _ in range(args.warmup):
+            next(batches)
+        synchronise(device)
+        start = time.perf_counter()
+        images = 0
+        for _ in range(args.batches):
+            images += len(next(batches))
+        synchronise(device)
+        return images / (time.perf_counter() - start)
+    finally:
+        batches.close()
+        loader.close()
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def prepare_data(args: argparse.Namespace, scratch: Path) -> Path:
+    """The folder to read: ``--data``, or enough generated JPEGs for one epoch of the run."""
+    if args.data is not None:
+        return args.data
+    images = args.batch * (args.warmup + args.batches + 1)
+    print(f"writing {images} synthetic 500x375 JPEGs to {scratch} ...", flush=True)
+    write_synthetic(scratch, train_images=images, val_images=args.classes, classes=args.classes, progress=True)
+    return scratch
+
+
+def run(args: argparse.Namespace) -> dict[str, float | str | int]:
+    """Measure every pipeline this machine can run and return the figures."""
+    with tempfile.TemporaryDirectory(prefix="podrun-bench-") as scratch:
+        data = prepare_data(args, Path(scratch))
+        classes = sum(1 for entry in (data / "train").iterdir() if entry.is_dir())
+        common = dict(image_size=args.image_size, workers=args.threads)
+        cpu = torch.device("cpu")
+        results: dict[str, float | str | int] = {}
+        results["pillow_img_s"] = measure(DataConfig(backend="torch", **common), data, args, cpu, classes)
+        results["dali_cpu_img_s"] = measure(DataConfig(backend="dali", dali_device="cpu", **common), data, args, cpu, classes)
+        if torch.cuda.is_available():
+            gpu = torch.device("cuda", 0)
+            results["dali_mixed_img_s"] = measure(DataConfig(backend="dali", dali_device="gpu", **common),
+                                                  data, args, gpu, classes)
+            results["gpu"] = torch.cuda.get_device_name(0)
+    results["dali_cpu_over_pillow"] = results["dali_cpu_img_s"] / results["pillow_img_s"]
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads, python {platform.python_version()}, "
+          f"torch {torch.__version__}")
+    print(f"settings: threads/workers={args.threads} batch={args.batch} warm-up={args.warmup} "
+          f"timed batches={args.batches} image size={args.image_size}")
+    try:
+        results = run(args)
+    except PodrunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"DataLoader + Pillow (train): {results['pillow_img_s']:8.1f} img/s")
+    print(f"DALI cpu (train):            {results['dali_cpu_img_s']:8.1f} img/s")
+    if "dali_mixed_img_s" in results:
+        print(f"DALI mixed (train, {results['gpu']}): {results['dali_mixed_img_s']:8.1f} img/s")
+    print(f"ratio DALI cpu / Pillow:     {results['dali_cpu_over_pillow']:8.2f}x")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The per-rank entrypoint: ``python -m jobs.run CONFIG`` (a resolved job config).
+
+Every backend starts this module, once per rank; only how the rank environment is set
+differs (see :mod:`jobs.dist`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from jobs import status
+from orchestrator.config import ResolvedJob, read_yaml, validate
+from orchestrator.errors import PodrunError
+
+
+def load_resolved(path: Path) -> ResolvedJob:
+    """Read the launcher's resolved config.
+
+    Raises:
+        ConfigError: the file is missing or does not match this version of podrun.
+    """
+    return validate(ResolvedJob, read_yaml(path), str(path))
+
+
+def write_resolved(job: ResolvedJob, path: Path) -> None:
+    """Write a resolved config that :func:`load_resolved` reads back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
+
+
+def run_rank(job: ResolvedJob) -> int:
+    """Set up this rank's device and process group, then train."""
+    import torch
+    import torch.distributed as dist
+
+    from jobs.dist import detect_rank_env, init_distributed
+    from jobs.train import Trainer
+
+    info = detect_rank_env()
+    if job.device == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        threads = job.recipe.train.cpu_threads or max(1, (os.cpu_count() or 1) // job.tasks_per_node)
+        torch.set_num_threads(threads)
+    init_distributed(info, device)
+    try:
+        return Trainer(job, info, device).run()
+    finally:
+        dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m jobs.run CONFIG  (a config.resolved.yaml written by podrun)", file=sys.stderr)
+        return status.FAILED
+    try:
+        return run_rank(load_resolved(Path(args[0])))
+    except PodrunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return status.FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""What rank 0 records in MLflow for a job: params, tags, metrics and artifacts.
+
+One job is one MLflow run: its id is kept in the checkpoint folder (``run.json``), so a
+resumed or requeued job continues the same run and time-to-train stays honest.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jobs import status
+from jobs.checkpoint import read_run_info, write_run_info
+from jobs.dist import RankInfo
+from jobs.tracking import Tracker
+from orchestrator.config import ResolvedJob
+
+RUN_STATUS = {status.SUCCESS: "FINISHED", status.NOT_REACHED: "FINISHED", status.PREEMPTED: "KILLED"}
+
+
+def versions() -> dict[str, str]:
+    """Versions of the stack, as MLflow tags."""
+    found = {"torch": torch.__version__, "python": platform.python_version()}
+    found["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else "n/a"
+    for name, module in (("dali", "nvidia.dali"), ("ray", "ray"), ("horovod", "horovod"), ("mlflow", "mlflow")):
+        found[name] = _module_version(module)
+    return found
+
+
+def _module_version(module: str) -> str:
+    try:
+        imported = __import__(module, fromlist=["__version__"])
+        return str(getattr(imported, "__version__", "unknown"))
+    except ImportError:
+        return "not installed"
+
+
+def job_params(job: ResolvedJob) -> dict[str, Any]:
+    """The params every run carries: scale, batch, optimizer and how they were derived."""
+    recipe, derived = job.recipe, job.derived
+    return {
+        "recipe": recipe.name,
+        "preset": job.job.preset or "",
+        "cluster": job.profile.name,
+        "backend": job.backend,
+        "nodes": job.job.nodes,
+        "gpus_per_node": job.tasks_per_node if job.device == "cuda" else 0,
+        "tasks_per_node": job.tasks_per_node,
+        "world_size": job.world_size,
+        "device": job.device,
+        "batch_size": derived.batch_size,
+        "global_batch_size": derived.global_batch_size,
+        "lr": derived.lr,
+        "warmup_epochs": derived.warmup_epochs,
+        "optimizer": derived.optimizer,
+        "momentum": recipe.optim.momentum,
+        "weight_decay": recipe.optim.weight_decay,
+        "epochs": recipe.train.epochs,
+        "precision": recipe.train.precision,
+        "memory_format": "channels_last" if recipe.train.channels_last else "contiguous",
+        "compile": recipe.train.compile,
+        "data_backend": recipe.data.backend,
+        "image_size": recipe.data.image_size,
+        "comm": job.job.comm,
+        "target": recipe.eval.target,
+        "seed": recipe.train.seed,
+        "scaling_rule": "; ".join(derived.notes),
+    }
+
+
+class RunTracking:
+    """Rank 0's view of the job's MLflow run."""
+
+    def __init__(self, job: ResolvedJob, info: RankInfo, resumed_from: str | None) -> None:
+        self.job, self.info, self.resumed_from = job, info, resumed_from
+        self.ckpt_dir, self.job_dir = Path(job.checkpoint_dir), Path(job.job_dir)
+        self.run_info = read_run_info(self.ckpt_dir)
+        self.tracker = Tracker(
+            job.tracking_uri,
+            job.profile.mlflow.experiment or job.recipe.name,
+            self.job_dir / "mlflow-spool",
+            run_id=self.run_info.get("mlflow_run_id"),
+            run_name=job.job.name,
+        )
+        self._remember_run()
+
+    def _remember_run(self) -> None:
+        if self.tracker.run_id and self.tracker.run_id != self.run_info.get("mlflow_run_id"):
+            self.run_info.update(mlflow_run_id=self.tracker.run_id, tracking_uri=self.job.tracking_uri)
+            write_run_info(self.ckpt_dir, self.run_info)
+
+    def start(self, hosts: list[str], steps_per_epoch: int, train_samples: int, val_samples: int) -> None:
+        attempts = self.run_info.get("attempts", []) + [self.job.job_id]
+        self.run_info["attempts"] = attempts
+        write_run_info(self.ckpt_dir, self.run_info)
+        if not self.resumed_from:
+            self.tracker.log_params(job_params(self.job) | {"steps_per_epoch": steps_per_epoch,
+                                                              "train_samples": train_samples,
+                                                              "eval_samples": val_samples})
+        tags = {f"version.{k}": v for k, v in versions().items()}
+        tags |= {"git_sha": self.job.git_sha, "hosts": ",".join(sorted(set(hosts))), "job_id": self.job.job_id,
+                 "attempts": str(len(attempts)), "checkpoint_dir": str(self.ckpt_dir)}
+        if self.resumed_from:
+            tags["resumed_from"] = self.resumed_from
+        self.tracker.set_tags(tags)
+
+    def step_metrics(self, step: int, loss: float, lr: float, rate: float, unit: str) -> None:
+        self.tracker.log_metrics({"train_loss": loss, "lr": lr, f"throughput_{unit}_per_s": rate}, step=step)
+
+    def eval_metric(self, name: str, value: float, epoch: int) -> None:
+        self.tracker.log_metrics({f"eval_{name}": value}, step=epoch)
+
+    def finish(self, code: int, time_to_train: float, state: dict[str, Any], mllog_path: Path, unit: str) -> None:
+        metrics = {"best_metric": state["best_metric"], "epochs_run": state["epoch"],
+                   f"mean_throughput_{unit}_per_s": state["images"] / max(time_to_train, 1e-9)}
+        if code == status.SUCCESS:
+            metrics["time_to_train_s"] = time_to_train
+        metrics["reached_target"] = 1.0 if code == status.SUCCESS else 0.0
+        self.tracker.log_metrics(metrics, step=state["global_step"])
+        self.tracker.set_tags({"status": status.DESCRIPTIONS.get(code, "failed")})
+        for name in ("config.resolved.yaml", "render.txt"):
+            if (self.job_dir / name).is_file():
+                self.tracker.log_artifact(self.job_dir / name)
+        if Path(mllog_path).is_file():
+            self.tracker.log_artifact(Path(mllog_path), "mlperf")
+        self.tracker.finish(RUN_STATUS.get(code, "FAILED"))
+        self._remember_run()

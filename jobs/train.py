@@ -1,0 +1,291 @@
+"""The one training loop every rank runs, whatever backend started it.
+
+Launch it through podrun (``podrun launch recipes/jobs/resnet50-tiny.yaml``), or by hand
+on a resolved config that ``podrun render`` wrote::
+
+    RANK=0 WORLD_SIZE=1 python -m jobs.run .podrun/jobs/<id>/config.resolved.yaml
+
+Only rank 0 logs to MLflow and MLPerf, and writes checkpoints. SIGUSR2 or SIGTERM sets a
+flag; at the next step boundary every rank agrees to stop, rank 0 writes a checkpoint
+and the ranks exit with :data:`jobs.status.PREEMPTED`, ready to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from jobs import status
+from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info, save_checkpoint, write_run_info
+from jobs.dist import RankInfo, any_rank, gather_hosts
+from jobs.mlperf_log import MlperfLogger, log_submission
+from jobs.optim import build_optimizer, learning_rate, set_learning_rate
+from jobs.progress import ProgressLine, format_eta
+from jobs.tasks import build_task
+from jobs.tracking_setup import RunTracking
+from orchestrator.config import ResolvedJob
+
+
+class StopFlag:
+    """Set by a signal handler; the loop checks it at step boundaries (handlers do nothing else)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+
+    def install(self) -> None:
+        for sig in (signal.SIGUSR2, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A zero-argument context factory for the recipe's precision."""
+    if device.type == "cuda":
+        allow_tf32 = precision != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+    if precision.startswith("amp-"):
+        dtype = torch.bfloat16 if precision == "amp-bf16" else torch.float16
+        return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext
+
+
+class Trainer:
+    """Runs one recipe on one rank from start (or the latest checkpoint) to its target."""
+
+    def __init__(self, job: ResolvedJob, info: RankInfo, device: torch.device) -> None:
+        self.job, self.info, self.device = job, info, device
+        self.recipe = job.recipe
+        self.stop = StopFlag()
+        self.ckpt_dir = Path(job.checkpoint_dir)
+        self.job_dir = Path(job.job_dir)
+        self.mllog = MlperfLogger(self._mllog_path(), enabled=info.is_main)
+        self.mllog.start("init_start")
+        self.mllog.event("cache_clear", True)
+        seed_everything(self.recipe.train.seed)
+        self.autocast = autocast_for(self.recipe.train.precision, device)
+        self.task = build_task(job, device, self.autocast)
+        self.model = self._build_model()
+        self.optimizer = build_optimizer(self.model, self.recipe.optim, job.derived)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.recipe.train.precision == "amp-fp16")
+        self.train_loader, self.val_loader = self.task.build_loaders(info.rank, info.world_size)
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = self.steps_per_epoch * self.recipe.train.epochs
+        self.warmup_steps = int(job.derived.warmup_epochs * self.steps_per_epoch)
+        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_time_s": 0.0,
+                      "images": 0, "best_metric": 0.0, "evals": []}
+        self.resumed_from = self._maybe_resume()
+        self.tracking = RunTracking(job, info, self.resumed_from) if info.is_main else None
+
+    # ------------------------------------------------------------------ set-up
+
+    def _mllog_path(self) -> Path:
+        resumed = latest_checkpoint(self.ckpt_dir)
+        name = f"mlperf.resume-{resumed.stem}.log" if resumed else "mlperf.log"
+        return self.job_dir / name
+
+    def _build_model(self) -> nn.Module:
+        model = self.task.build_model().to(self.device)
+        if self.recipe.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.module = model
+        if self.info.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        if self.recipe.train.compile:
+            model = torch.compile(model)
+        return model
+
+    def _maybe_resume(self) -> str | None:
+        path = latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            return None
+        checkpoint = load_checkpoint(path)
+        self.module.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.state.update(checkpoint["progress"])
+        rng = checkpoint["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if self.info.is_main:
+            say(f"[resume] {path.name}: epoch {self.state['epoch'] + 1}, step {self.state['step_in_epoch']}"
+                f" of {self.steps_per_epoch}, global step {self.state['global_step']}")
+        return path.name
+
+    def _checkpoint(self) -> None:
+        self.state["train_time_s"] = self._elapsed()
+        if not self.info.is_main:
+            return
+        state = {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "progress": dict(self.state),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "job_id": self.job.job_id,
+        }
+        path = save_checkpoint(self.ckpt_dir, state, self.state["global_step"], self.recipe.train.keep_checkpoints)
+        say(f"[checkpoint] {path}")
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> int:
+        """Train to the target or the last epoch; return a :mod:`jobs.status` exit code."""
+        self.stop.install()
+        self._start_logs()
+        code = status.FAILED
+        try:
+            code = self._train()
+        finally:
+            self._finish(code)
+        return code
+
+    def _start_logs(self) -> None:
+        if self.info.is_main:
+            log_submission(self.mllog, self.recipe.mlperf, platform=self._platform())
+            self.task.log_hparams(self.mllog, self.train_loader, self.val_loader)
+        self.mllog.end("init_stop")
+        self.mllog.start("run_start")
+        self.run_started = time.time()
+        self.train_time_base = self.state["train_time_s"]
+        hosts = gather_hosts()  # a collective: every rank takes part
+        if self.tracking:
+            self.tracking.start(hosts, self.steps_per_epoch, self.train_loader.samples, self.val_loader.samples)
+
+    def _platform(self) -> str:
+        gpus = self.job.tasks_per_node if self.device.type == "cuda" else 0
+        what = f"{gpus}x{torch.cuda.get_device_name(0)}" if gpus else f"{self.job.tasks_per_node}xCPU"
+        return f"{self.job.job.nodes}x{socket.gethostname()}({what})"
+
+    def _train(self) -> int:
+        for epoch in range(self.state["epoch"], self.recipe.train.epochs):
+            self.mllog.start("block_start", metadata={"first_epoch_num": epoch + 1, "epoch_count": 1})
+            self.mllog.start("epoch_start", metadata={"epoch_num": epoch + 1})
+            if not self._train_epoch(epoch):
+                return status.PREEMPTED
+            self.mllog.end("epoch_stop", metadata={"epoch_num": epoch + 1})
+            self.state.update(epoch=epoch + 1, step_in_epoch=0)
+            reached = self._maybe_evaluate(epoch)
+            self.mllog.end("block_stop", metadata={"first_epoch_num": epoch + 1})
+            if reached:
+                self._checkpoint()
+                return status.SUCCESS
+            if self._checkpoint_due(epoch):
+                self._checkpoint()
+        return status.NOT_REACHED
+
+    def _checkpoint_due(self, epoch: int) -> bool:
+        every = self.recipe.train.checkpoint_every
+        last = epoch + 1 == self.recipe.train.epochs
+        return last or bool(every and (epoch + 1) % every == 0)
+
+    def _train_epoch(self, epoch: int) -> bool:
+        """Train one epoch (from the saved position); False if a stop was requested."""
+        self.model.train()
+        skip = self.state["step_in_epoch"]
+        window_start, window_items = time.time(), 0
+        for index, batch in enumerate(self.train_loader.epoch(epoch, skip=skip), start=skip):
+            loss, items = self._step(batch)
+            window_items += items * self.info.world_size
+            self.state["step_in_epoch"] = index + 1
+            if self.state["global_step"] % self.recipe.train.log_every == 0 or index + 1 == self.steps_per_epoch:
+                elapsed = time.time() - window_start
+                self._report(epoch, index + 1, float(loss), window_items / max(elapsed, 1e-9))
+                window_start, window_items = time.time(), 0
+            if any_rank(self.stop.requested, self.device):
+                self._on_stop(epoch)
+                return False
+        return True
+
+    def _step(self, batch: Any) -> tuple[torch.Tensor, int]:
+        lr = learning_rate(self.state["global_step"], base_lr=self.job.derived.lr, end_lr=self.recipe.optim.end_lr,
+                           warmup_steps=self.warmup_steps, total_steps=self.total_steps,
+                           schedule=self.recipe.schedule)
+        set_learning_rate(self.optimizer, lr)
+        loss, items = self.task.train_step_loss(self.model, batch)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["global_step"] += 1
+        self.state["images"] += items * self.info.world_size
+        self.lr = lr
+        return loss.detach(), items
+
+    def _report(self, epoch: int, step: int, loss: float, rate: float) -> None:
+        if not self.info.is_main:
+            return
+        done = epoch * self.steps_per_epoch + step
+        eta = (self.total_steps - done) * self.job.derived.global_batch_size / max(rate, 1e-9)
+        line = ProgressLine(epoch + 1, self.recipe.train.epochs, step, self.steps_per_epoch, rate,
+                            self.task.unit, loss, self.lr, format_eta(eta))
+        say(line.format())
+        if self.tracking:
+            self.tracking.step_metrics(self.state["global_step"], loss, self.lr, rate, self.task.unit)
+
+    def _on_stop(self, epoch: int) -> None:
+        if self.info.is_main:
+            say(f"[stop] {self.stop.signal_name or 'signal on another rank'}: checkpointing at epoch {epoch + 1}"
+                f" step {self.state['step_in_epoch']}")
+        self._checkpoint()
+
+    def _elapsed(self) -> float:
+        """Training time so far, across resumed attempts (time-to-train, MLPerf-style)."""
+        return self.train_time_base + time.time() - self.run_started
+
+    def _maybe_evaluate(self, epoch: int) -> bool:
+        cfg = self.recipe.eval
+        last = epoch + 1 == self.recipe.train.epochs
+        if epoch < cfg.start_epoch or not ((epoch + 1) % cfg.every_epochs == 0 or last):
+            return False
+        self.mllog.start("eval_start", metadata={"epoch_num": epoch + 1})
+        self.model.eval()
+        metric = self.task.evaluate(self.module, self.val_loader, epoch)
+        self.model.train()
+        self.mllog.event("eval_accuracy", metric, metadata={"epoch_num": epoch + 1})
+        self.mllog.end("eval_stop", metadata={"epoch_num": epoch + 1})
+        self.state["best_metric"] = max(self.state["best_metric"], metric)
+        self.state["evals"].append((epoch + 1, metric))
+        if self.info.is_main:
+            say(f"[eval] epoch {epoch + 1} {self.task.metric} {metric:.4f} (target {cfg.target})")
+        if self.tracking:
+            self.tracking.eval_metric(self.task.metric, metric, epoch + 1)
+        return metric >= cfg.target
+
+    def _finish(self, code: int) -> None:
+        time_to_train = self._elapsed()
+        if code in (status.SUCCESS, status.NOT_REACHED):
+            self.mllog.end("run_stop", metadata={"status": "success" if code == status.SUCCESS else "aborted"})
+        if self.info.is_main:
+            say(f"[done] {status.DESCRIPTIONS.get(code, 'failed')}: time to train {time_to_train:.1f} s,"
+                f" best {self.task.metric} {self.state['best_metric']:.4f}")
+        if self.tracking:
+            self.tracking.finish(code, time_to_train, self.state, self.mllog.path, self.task.unit)
+        self.train_loader.close()
+        self.val_loader.close()

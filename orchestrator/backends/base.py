@@ -1,0 +1,72 @@
+"""The Backend interface: render / submit / status / logs / cancel.
+
+A backend only decides how ranks start. ``submit`` is ``render`` plus scheduling, so
+``podrun render`` prints exactly what ``podrun launch`` runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterator
+
+from jobs.run import write_resolved
+from orchestrator.config import ResolvedJob
+from orchestrator.errors import PodrunError
+from orchestrator.jobstore import JobRecord
+
+BACKENDS = {
+    "local": "orchestrator.backends.local:LocalBackend",
+}
+
+
+class Backend(ABC):
+    name: str
+
+    @abstractmethod
+    def render(self, job: ResolvedJob) -> str:
+        """What would run, as a readable script."""
+
+    @abstractmethod
+    def schedule(self, job: ResolvedJob, record: JobRecord) -> None:
+        """Start the rendered job; fill in ``record.native_id``."""
+
+    @abstractmethod
+    def status(self, record: JobRecord) -> JobRecord:
+        """Refresh ``record.state`` from the scheduler."""
+
+    @abstractmethod
+    def logs(self, record: JobRecord, rank: int = 0, follow: bool = False) -> Iterator[str]:
+        """Lines of a rank's log."""
+
+    @abstractmethod
+    def cancel(self, record: JobRecord) -> None:
+        """Stop the job (ranks get a chance to checkpoint)."""
+
+    def submit(self, job: ResolvedJob) -> JobRecord:
+        """Write the job's files (resolved config, rendered script, record), then schedule it."""
+        job_dir = Path(job.job_dir)
+        write_resolved(job, job_dir / "config.resolved.yaml")
+        (job_dir / "render.txt").write_text(self.render(job))
+        record = JobRecord(
+            job_id=job.job_id, name=job.job.name, backend=self.name, recipe=job.recipe.name,
+            cluster=job.profile.name, job_dir=str(job_dir), checkpoint_dir=job.checkpoint_dir,
+            tracking_uri=job.tracking_uri, world_size=job.world_size,
+        )
+        record.save()
+        self.schedule(job, record)
+        record.save()
+        return record
+
+
+def get_backend(name: str) -> Backend:
+    """Import and build a backend by name (imported lazily: Ray only loads when Ray is used).
+
+    Raises:
+        PodrunError: the backend is unknown or not available in this version.
+    """
+    if name not in BACKENDS:
+        raise PodrunError(f"backend '{name}' is not available; available: {', '.join(sorted(BACKENDS))}")
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()

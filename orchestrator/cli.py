@@ -1,0 +1,200 @@
+"""The ``podrun`` command line.
+
+    podrun data digits data/digits            # a small real data set (scikit-learn's digits)
+    podrun launch recipes/jobs/resnet50-tiny.yaml
+    podrun render recipes/jobs/resnet50-tiny.yaml --set train.epochs=3
+    podrun runs | podrun status ID | podrun logs ID -f | podrun cancel ID
+    podrun sync ID                            # send MLflow records kept while the server was down
+
+Errors the user can fix print one line (``podrun: error: ...``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from orchestrator.errors import PodrunError
+
+EXIT_USAGE = 2
+
+
+def _job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="a job spec (recipes/jobs/*.yaml) or RECIPE[:PRESET], e.g. resnet50:tiny")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key (train.epochs=5), a job key (nodes=2) or profile.KEY")
+    parser.add_argument("--backend", choices=["local", "slurm", "ray"], help="default: the profile's scheduler")
+    parser.add_argument("--cluster-file", help="default: $PODRUN_CLUSTER_FILE, ./cluster.yaml, the bundled one")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="JOB_ID",
+                        help="continue the latest (or the given) earlier job of this name from its checkpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="podrun", description="Launch training recipes from one machine to a SuperPOD.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    launch = sub.add_parser("launch", help="run a job")
+    _job_arguments(launch)
+    launch.add_argument("--detach", action="store_true", help="return once submitted; follow with 'podrun logs ID -f'")
+    render = sub.add_parser("render", help="print exactly what 'launch' would run, without running it")
+    _job_arguments(render)
+    for name, text in (("status", "show a job's state"), ("cancel", "stop a job (ranks checkpoint first)")):
+        sub.add_parser(name, help=text).add_argument("job_id")
+    logs = sub.add_parser("logs", help="print a job's log")
+    logs.add_argument("job_id")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("--rank", type=int, default=0)
+    runs = sub.add_parser("runs", help="list recent jobs")
+    runs.add_argument("-n", type=int, default=20)
+    sync = sub.add_parser("sync", help="send MLflow records that were kept while the tracking server was down")
+    sync.add_argument("job_id")
+    data = sub.add_parser("data", help="write a data set")
+    data_sub = data.add_subparsers(dest="dataset", required=True)
+    digits = data_sub.add_parser("digits", help="scikit-learn's digits as ImageNet-layout JPEGs (real, small)")
+    digits.add_argument("dir", type=Path)
+    digits.add_argument("--image-size", type=int, default=32)
+    digits.add_argument("--overwrite", action="store_true")
+    synthetic = data_sub.add_parser("synthetic", help="ImageNet-sized JPEGs for throughput work")
+    synthetic.add_argument("dir", type=Path)
+    synthetic.add_argument("--train-images", type=int, default=2048)
+    synthetic.add_argument("--val-images", type=int, default=256)
+    synthetic.add_argument("--classes", type=int, default=16)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PodrunError as exc:
+        print(f"podrun: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("podrun: interrupted", file=sys.stderr)
+        return 130
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _resolve(args: argparse.Namespace):
+    from orchestrator.resolve import load_job
+
+    return load_job(args.job, args.assignments, cluster_file=args.cluster_file, backend=args.backend,
+                    resume=args.resume)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from orchestrator.backends.base import get_backend
+
+    job = _resolve(args)
+    print(get_backend(job.backend).render(job), end="")
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from orchestrator.backends.base import get_backend
+    from orchestrator.console import follow_job
+
+    job = _resolve(args)
+    backend = get_backend(job.backend)
+    _check_data(job)
+    record = backend.submit(job)
+    print(f"submitted {record.job_id} ({record.backend} {record.native_id}, {job.world_size} ranks)"
+          f"  logs: {record.job_dir}/logs")
+    if args.detach:
+        print(f"follow it with: podrun logs {record.job_id} -f")
+        return 0
+    return follow_job(backend, record)
+
+
+def _check_data(job) -> None:
+    from orchestrator.errors import DataError
+
+    if job.recipe.data.backend == "synthetic" or job.backend != "local":
+        return
+    if not (Path(job.data_dir) / "train").is_dir():
+        hint = "podrun data digits" if job.recipe.data.dataset == "digits" else "podrun data synthetic"
+        raise DataError(f"data set not found at {job.data_dir}: create it with '{hint} {job.data_dir}', "
+                        f"or point data.dataset (--set data.dataset=/path) or the profile's data_root at it")
+
+
+def _record(job_id: str):
+    from orchestrator.backends.base import get_backend
+    from orchestrator.jobstore import find_record
+    from orchestrator.resolve import podrun_home
+
+    record = find_record(podrun_home(), job_id)
+    return get_backend(record.backend), record
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    backend, record = _record(args.job_id)
+    record = backend.status(record)
+    print(f"{record.job_id}  {record.state}  {record.detail}".rstrip())
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    backend, record = _record(args.job_id)
+    for line in backend.logs(record, rank=args.rank, follow=args.follow):
+        print(line, flush=True)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    backend, record = _record(args.job_id)
+    backend.cancel(record)
+    print(f"cancelling {record.job_id}: ranks write a checkpoint and stop; resume with --resume")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from orchestrator.backends.base import get_backend
+    from orchestrator.jobstore import list_records
+    from orchestrator.resolve import podrun_home
+
+    records = list_records(podrun_home())[: args.n]
+    if not records:
+        print(f"no jobs yet under {podrun_home()}")
+        return 0
+    for record in records:
+        try:
+            record = get_backend(record.backend).status(record)
+        except PodrunError:
+            pass
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.submitted_at))
+        print(f"{record.job_id:<44} {record.state:<10} {record.backend:<6} {record.world_size:>4} ranks  {when}  {record.detail}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from jobs.tracking import replay_spool
+
+    _, record = _record(args.job_id)
+    spool = Path(record.job_dir) / "mlflow-spool"
+    if not spool.exists():
+        print(f"{record.job_id}: nothing kept, every record reached MLflow")
+        return 0
+    sent = replay_spool(spool)
+    print(f"{record.job_id}: sent {sent} kept record(s) to MLflow")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from orchestrator import datasets
+
+    if args.dataset == "digits":
+        summary = datasets.write_digits(args.dir, image_size=args.image_size, overwrite=args.overwrite)
+    else:
+        summary = datasets.write_synthetic(args.dir, train_images=args.train_images, val_images=args.val_images,
+                                           classes=args.classes)
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
+COMMANDS = {
+    "launch": cmd_launch, "render": cmd_render, "status": cmd_status, "logs": cmd_logs,
+    "cancel": cmd_cancel, "runs": cmd_runs, "sync": cmd_sync, "data": cmd_data,
+}

@@ -1,0 +1,77 @@
+"""Following a job from the terminal: a rich progress bar on a TTY, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from jobs import status as exit_codes
+from jobs.checkpoint import read_run_info
+from jobs.progress import parse_progress
+from orchestrator.backends.base import Backend
+from orchestrator.jobstore import SUCCEEDED, JobRecord
+
+
+def follow_job(backend: Backend, record: JobRecord) -> int:
+    """Show rank 0's output until the job ends; Ctrl-C cancels it (after a checkpoint).
+
+    Returns the job's exit code (see :mod:`jobs.status`).
+    """
+    console = Console()
+    try:
+        _show(backend.logs(record, follow=True), console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: asking the ranks to checkpoint and stop...[/]")
+        backend.cancel(record)
+        _show(backend.logs(record, follow=True), console, skip_seen=True)
+    record = backend.status(record)
+    _summary(record, console)
+    return record.exit_code if record.exit_code is not None else (0 if record.state == SUCCEEDED else 1)
+
+
+def _show(lines: Iterator[str], console: Console, skip_seen: bool = False) -> None:
+    if not console.is_terminal:
+        for line in lines:
+            if not skip_seen:
+                print(line, flush=True)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = None
+        for line in lines:
+            parsed = parse_progress(line)
+            if parsed is None:
+                if not skip_seen:
+                    progress.console.print(line, markup=False, highlight=False)
+                continue
+            description = f"epoch {parsed.epoch}/{parsed.epochs}"
+            info = f"{parsed.rate:.0f} {parsed.unit}/s  loss {parsed.loss:.3f}  lr {parsed.lr:.4f}  eta {parsed.eta}"
+            if bar is None:
+                bar = progress.add_task(description, total=parsed.steps, info=info)
+            progress.update(bar, description=description, completed=parsed.step, total=parsed.steps, info=info)
+
+
+def _summary(record: JobRecord, console: Console) -> None:
+    console.print(f"{record.job_id}: {record.state} ({record.detail})", markup=False)
+    info = read_run_info(Path(record.checkpoint_dir))
+    run_id = info.get("mlflow_run_id")
+    if record.exit_code == exit_codes.PREEMPTED or record.state == "CANCELLED":
+        console.print("resume with: podrun launch <same job> --resume", markup=False)
+    if run_id:
+        console.print(f"MLflow run {run_id} in {record.tracking_uri}", markup=False)
+        console.print(ui_hint(record.tracking_uri, run_id), markup=False)
+    elif (Path(record.job_dir) / "mlflow-spool").exists():
+        console.print(f"MLflow was unreachable; records are kept: podrun sync {record.job_id}", markup=False)
+
+
+def ui_hint(tracking_uri: str, run_id: str) -> str:
+    """How to open a run in the MLflow UI."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open: {tracking_uri.rstrip('/')}/#/runs/{run_id}"
+    return (f"open it: mlflow ui --backend-store-uri {tracking_uri} --port 5000, "
+            f"then http://127.0.0.1:5000/#/runs/{run_id}")

@@ -1,0 +1,253 @@
+"""Resolve a job: find and merge the job spec, recipe, preset, profile and overrides.
+
+``load_job`` is the one place where the three kinds of file meet. Its result, a
+:class:`ResolvedJob`, is written next to the job's logs and is all a rank reads.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import (
+    REPO_ROOT,
+    ClusterFile,
+    ClusterProfile,
+    JobSpec,
+    Recipe,
+    ResolvedJob,
+    deep_merge,
+    parse_set,
+    read_yaml,
+    set_dotted,
+    validate,
+)
+from orchestrator.errors import ConfigError
+from orchestrator.scaling import derive
+
+JOB_FIELDS = set(JobSpec.model_fields) - {"overrides"}
+
+
+def podrun_home() -> Path:
+    """Where job records, the default MLflow store and checkpoints live (``$PODRUN_HOME``)."""
+    return Path(os.environ.get("PODRUN_HOME", ".podrun")).resolve()
+
+
+def cluster_file_path(explicit: str | None = None) -> Path:
+    """The cluster file: ``--cluster-file``, ``$PODRUN_CLUSTER_FILE``, ./cluster.yaml, or the bundled one."""
+    for candidate in (explicit, os.environ.get("PODRUN_CLUSTER_FILE"), "cluster.yaml"):
+        if candidate and (explicit == candidate or Path(candidate).is_file()):
+            return Path(candidate)
+    return REPO_ROOT / "cluster.yaml"
+
+
+def load_profiles(path: Path) -> dict[str, ClusterProfile]:
+    """Load every profile of a cluster file.
+
+    Raises:
+        ConfigError: the file is missing, malformed or has invalid keys.
+    """
+    cluster = validate(ClusterFile, read_yaml(path), str(path))
+    for name, profile in cluster.profiles.items():
+        profile.name = name
+    return cluster.profiles
+
+
+def recipe_path(name: str) -> Path:
+    """Find ``recipes/<name>.yaml`` under the current folder, then the installed repo."""
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return Path(name)
+    for root in (Path("recipes"), REPO_ROOT / "recipes"):
+        if (root / f"{name}.yaml").is_file():
+            return root / f"{name}.yaml"
+    known = sorted(p.stem for p in (REPO_ROOT / "recipes").glob("*.yaml"))
+    raise ConfigError(f"recipe '{name}' not found; known recipes: {', '.join(known)}")
+
+
+def load_recipe(name: str, preset: str | None, overrides: dict[str, Any]) -> Recipe:
+    """Load a recipe, apply a preset then the dotted ``overrides``.
+
+    Raises:
+        ConfigError: unknown recipe or preset, or an invalid merged recipe.
+    """
+    path = recipe_path(name)
+    raw = read_yaml(path)
+    source = str(path)
+    validate(Recipe, raw, source)  # report errors in the file itself first
+    if preset:
+        presets = raw.get("presets") or {}
+        if preset not in presets:
+            raise ConfigError(f"{path}: no preset '{preset}'; presets: {', '.join(sorted(presets)) or 'none'}")
+        raw = deep_merge(raw, presets[preset])
+        source += f" (preset {preset})"
+    if overrides:
+        for key, value in overrides.items():
+            set_dotted(raw, key, value)
+        source += " with overrides"
+    return validate(Recipe, raw, source)
+
+
+def load_job_spec(ref: str, assignments: list[str]) -> tuple[JobSpec, dict[str, Any], dict[str, Any]]:
+    """Read a job spec file, or build one from ``RECIPE[:PRESET]``, then apply ``--set``.
+
+    Returns the spec, the recipe overrides and the profile overrides.
+
+    Raises:
+        ConfigError: the file is invalid or an assignment is malformed.
+    """
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        raw, source = read_yaml(path), str(path)
+    else:
+        recipe, _, preset = ref.partition(":")
+        raw = {"name": recipe + (f"-{preset}" if preset else ""), "recipe": recipe, "preset": preset or None}
+        source = f"job '{ref}'"
+    raw = dict(raw)
+    recipe_overrides = dict(raw.pop("overrides", None) or {})
+    profile_overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, value = parse_set(assignment)
+        head = key.split(".", 1)[0]
+        if head in JOB_FIELDS and "." not in key:
+            raw[key] = value
+        elif head == "profile":
+            set_dotted(profile_overrides, key.split(".", 1)[1], value)
+        else:
+            recipe_overrides[key] = value
+    spec = validate(JobSpec, raw, source)
+    return spec, recipe_overrides, profile_overrides
+
+
+def new_job_id(name: str) -> str:
+    """A sortable, unique id for a local job: ``<name>-<UTC time>-<4 hex>``."""
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+
+
+def git_sha() -> str:
+    """The commit of the podrun checkout, with ``-dirty`` when it has local changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def load_job(
+    ref: str,
+    assignments: list[str] | None = None,
+    *,
+    cluster_file: str | None = None,
+    backend: str | None = None,
+    job_id: str | None = None,
+    resume: str | None = None,
+) -> ResolvedJob:
+    """Resolve a job reference (a job spec file or ``RECIPE[:PRESET]``) into a :class:`ResolvedJob`.
+
+    ``resume`` is ``"latest"`` or a previous job id: the new job continues that job's
+    checkpoints and MLflow run.
+
+    Raises:
+        ConfigError: any file is invalid, the profile is unknown or the scale is impossible.
+    """
+    spec, recipe_overrides, profile_overrides = load_job_spec(ref, assignments or [])
+    if backend:
+        spec.backend = backend
+    profile = _load_profile(spec.cluster, cluster_file, profile_overrides)
+    recipe = load_recipe(spec.recipe, spec.preset, recipe_overrides)
+    chosen_backend = spec.backend or profile.scheduler
+    tasks = _tasks_per_node(spec, profile, chosen_backend)
+    world = spec.nodes * tasks
+    derived = derive(recipe, world)
+    home = podrun_home()
+    job_id = job_id or new_job_id(spec.name)
+    checkpoint_dir = _checkpoint_dir(profile, spec.name, job_id, resume)
+    return ResolvedJob(
+        job=spec,
+        recipe=recipe,
+        profile=profile,
+        backend=chosen_backend,
+        job_id=job_id,
+        tasks_per_node=tasks,
+        world_size=world,
+        device="cuda" if _gpus(profile, chosen_backend) else "cpu",
+        derived=derived,
+        data_dir=str(_absolute(profile.data_root) / recipe.data.dataset),
+        checkpoint_dir=str(checkpoint_dir),
+        job_dir=str(home / "jobs" / job_id),
+        tracking_uri=tracking_uri(profile),
+        git_sha=git_sha(),
+    )
+
+
+def tracking_uri(profile: ClusterProfile) -> str:
+    """``$MLFLOW_TRACKING_URI``, else the profile's, else a sqlite file under the podrun home."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or profile.mlflow.tracking_uri
+    return uri or f"sqlite:///{podrun_home() / 'mlflow.db'}"
+
+
+def _load_profile(name: str, cluster_file: str | None, overrides: dict[str, Any]) -> ClusterProfile:
+    path = cluster_file_path(cluster_file)
+    profiles = load_profiles(path)
+    if name not in profiles:
+        raise ConfigError(f"{path}: no cluster profile '{name}'; profiles: {', '.join(sorted(profiles))}")
+    if not overrides:
+        return profiles[name]
+    merged = deep_merge(profiles[name].model_dump(), overrides)
+    return validate(ClusterProfile, merged, f"{path} (profile {name} with --set profile.*)")
+
+
+def _gpus(profile: ClusterProfile, backend: str) -> int:
+    if profile.gpus_per_node != "auto":
+        return profile.gpus_per_node
+    if backend != "local":
+        raise ConfigError(f"profile '{profile.name}': gpus_per_node: auto only works with the local backend; set a count")
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count()
+
+
+def _tasks_per_node(spec: JobSpec, profile: ClusterProfile, backend: str) -> int:
+    if spec.nodes > profile.nodes:
+        raise ConfigError(
+            f"job '{spec.name}' asks for {spec.nodes} nodes but profile '{profile.name}' has {profile.nodes}: "
+            f"use --set nodes={profile.nodes} or a larger profile"
+        )
+    if backend == "local" and spec.nodes != 1:
+        raise ConfigError(f"the local backend runs on this machine only: use --set nodes=1, or --backend slurm|ray")
+    gpus = _gpus(profile, backend)
+    tasks = spec.tasks_per_node or gpus or 1
+    if gpus and tasks > gpus:
+        raise ConfigError(
+            f"job '{spec.name}' asks for {tasks} tasks per node but profile '{profile.name}' has {gpus} GPUs per node"
+        )
+    return tasks
+
+
+def _absolute(path: str) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _checkpoint_dir(profile: ClusterProfile, name: str, job_id: str, resume: str | None) -> Path:
+    root = _absolute(profile.checkpoint_root) / name
+    if resume is None:
+        return root / job_id
+    if resume != "latest":
+        if not (root / resume).is_dir():
+            raise ConfigError(f"--resume {resume}: no checkpoints at {root / resume}")
+        return root / resume
+    from jobs.checkpoint import latest_checkpoint  # lazy: torch is slow to import
+
+    candidates = sorted((d for d in root.glob("*") if d.is_dir() and latest_checkpoint(d)),
+                        key=lambda d: d.stat().st_mtime)
+    if not candidates:
+        raise ConfigError(f"--resume: no complete checkpoint under {root}; run without --resume to start fresh")
+    return candidates[-1]
