@@ -165,7 +165,7 @@ class Spool:
         return (self.root / META_FILE).is_file()
 
     def read_meta(self) -> dict[str, Any]:
-        return json.loads((self.root / META_FILE).read_text())
+        return json.loads((self.root / META_FILE).read_text()) if self.exists() else {}
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -220,18 +220,17 @@ def limit_http_retries(timeout_s: int) -> None:
     os.environ[MLFLOW_HTTP_REQUEST_TIMEOUT.name] = str(max(1, int(timeout_s)))
 
 
+# MLflow answered and refused the request itself: sending it again cannot help. Anything
+# else (no answer, timeouts, 5xx, 401/403, a proxy's bare 404) keeps the record for later.
+PERMANENT_ERROR_CODES = frozenset({
+    "INVALID_PARAMETER_VALUE", "BAD_REQUEST", "MALFORMED_REQUEST", "RESOURCE_ALREADY_EXISTS",
+    "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE",
+})  # fmt: skip
+
+
 def is_permanent(exc: BaseException) -> bool:
-    """True if retrying cannot help (MLflow rejected the request itself, HTTP 4xx).
-
-    401/403 count as transient: fixing credentials and running ``podrun sync`` must
-    still find the records.
-    """
-    from mlflow.exceptions import MlflowException
-
-    if not isinstance(exc, MlflowException):
-        return False
-    status = exc.get_http_status_code()
-    return 400 <= status < 500 and status not in (401, 403, 408, 429)
+    """True if MLflow rejected the request (bad value, changed param, deleted run)."""
+    return getattr(exc, "error_code", None) in PERMANENT_ERROR_CODES
 
 
 def describe(exc: BaseException) -> str:
@@ -241,7 +240,10 @@ def describe(exc: BaseException) -> str:
 
 
 def never_raise(default: T) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Decorate a Tracker method: any exception becomes a one-line warning and ``default``."""
+    """Decorate a Tracker method: an exception becomes a one-line warning and ``default``.
+
+    The same failure of the same method is warned about once, not at every step.
+    """
 
     def wrap(method: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(method)
@@ -249,7 +251,10 @@ def never_raise(default: T) -> Callable[[Callable[..., T]], Callable[..., T]]:
             try:
                 return method(self, *args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - tracking must never stop training
-                log.warning("tracking: %s failed (%s)", method.__name__, describe(exc))
+                seen = self.__dict__.setdefault("_warned", set())
+                level = logging.DEBUG if (method.__name__, type(exc)) in seen else logging.WARNING
+                seen.add((method.__name__, type(exc)))
+                log.log(level, "tracking: %s failed (%s)", method.__name__, describe(exc))
                 return default
 
         return safe
@@ -275,30 +280,19 @@ class Tracker:
     """
 
     def __init__(
-        self,
-        tracking_uri: str,
-        experiment: str,
-        spool_dir: Path,
-        *,
-        run_id: str | None = None,
-        run_name: str | None = None,
-        retry_interval_s: float = 30.0,
-        request_timeout_s: int = 5,
-    ) -> None:
+        self, tracking_uri: str, experiment: str, spool_dir: Path, *, run_id: str | None = None,
+        run_name: str | None = None, retry_interval_s: float = 30.0, request_timeout_s: int = 5,
+    ) -> None:  # fmt: skip
         self._reset(Spool(spool_dir), retry_interval_s)
         self._start(tracking_uri, experiment, run_id, run_name, request_timeout_s)
 
     def _reset(self, spool: Spool, retry_interval_s: float) -> None:
+        self.spool, self.retry_interval_s = spool, retry_interval_s
         self.run_id: str | None = None
-        self.retry_interval_s = retry_interval_s
-        self.spool = spool
         self.meta: dict[str, Any] = {}
-        self.records_sent = 0
-        self.last_error: str | None = None
+        self.records_sent, self.last_error = 0, None
         self._pending: list[dict[str, Any]] = []
-        self._seq = 0
-        self._next_try = 0.0
-        self._offline = False
+        self._seq, self._next_try, self._offline = 0, 0.0, False
         self._client: Any = None
         self._run_checked = False
         self._secrets: frozenset[str] = frozenset()
@@ -317,7 +311,7 @@ class Tracker:
     def _open_spool(
         self, uri: str | None, experiment: str | None, run_id: str | None, name: str | None
     ) -> None:
-        meta = self.spool.read_meta() if self.spool.exists() else {}
+        meta = self.spool.read_meta()
         if run_id and meta.get("run_id") not in (None, run_id):
             log.warning("tracking: spool %s belonged to run %s; continuing run %s instead",
                         self.spool.root, meta["run_id"], run_id)  # fmt: skip
@@ -423,11 +417,6 @@ class Tracker:
         else:
             shutil.copy2(path, target)
 
-    def _artifact_source(self, record: dict[str, Any]) -> Path:
-        src = Path(record["src"])
-        copy = self.spool.artifact_copy(record["seq"]) / src.name
-        return copy if copy.exists() else src
-
     def _acknowledge(self, records: list[dict[str, Any]], ok: bool) -> None:
         for record in records:
             self.spool.mark_sent(record["seq"], ok)
@@ -487,7 +476,7 @@ class Tracker:
         return group
 
     def _send_group(self, client: Any, group: list[dict[str, Any]]) -> None:
-        """Send one group; a rejected (4xx) group is retried record by record, then dropped."""
+        """Send one group; a group MLflow rejects is retried record by record, then dropped."""
         try:
             self._send(client, group)
         except Exception as exc:
@@ -525,27 +514,23 @@ class Tracker:
         elif kind == "end":
             client.set_terminated(run_id, status=record["status"])
 
-    def _send_params(self, client: Any, params: list[Any]) -> None:
+    def _send_params(self, client: Any, params: list[Any], size: int = PARAMS_PER_BATCH) -> None:
         """Batches of 100; a rejected batch (a changed value on a resumed run) goes one by one."""
-        for chunk in _chunks(params, PARAMS_PER_BATCH):
+        for chunk in _chunks(params, size):
             try:
                 client.log_batch(self.run_id, params=chunk)
             except Exception as exc:
                 if not is_permanent(exc):
                     raise
-                self._send_params_one_by_one(client, chunk)
-
-    def _send_params_one_by_one(self, client: Any, params: list[Any]) -> None:
-        for param in params:
-            try:
-                client.log_batch(self.run_id, params=[param])
-            except Exception as exc:
-                if not is_permanent(exc):
-                    raise
-                log.warning("tracking: MLflow rejected param %r (%s)", param.key, describe(exc))
+                if size > 1:
+                    self._send_params(client, chunk, size=1)
+                else:
+                    log.warning("tracking: MLflow rejected param %r (%s)", chunk[0].key, describe(exc))
 
     def _send_artifact(self, client: Any, record: dict[str, Any]) -> None:
-        source = self._artifact_source(record)
+        src = Path(record["src"])
+        copy = self.spool.artifact_copy(record["seq"]) / src.name
+        source = copy if copy.exists() else src  # the spool's copy is the file as it was logged
         if not source.exists():
             log.warning("tracking: artifact %s is gone; skipped it", record["src"])
             return

@@ -114,7 +114,8 @@ def write_digits(
         for index in indices:
             label = int(labels[index])
             name = f"digit_{index:05d}.JPEG"
-            save_jpeg(digit_to_rgb(digits.images[index], image_size), out / split / class_folder(label) / name)
+            path = out / split / class_folder(label) / name
+            save_jpeg(digit_to_rgb(digits.images[index], image_size), path)
         per_class[split] = {class_folder(c): int((labels[indices] == c).sum()) for c in range(10)}
     return {
         "path": str(out),
@@ -132,7 +133,8 @@ def write_digits(
 def smooth_noise(rng: np.random.Generator, width: int, height: int, cells: int) -> np.ndarray:
     """A ``[height, width, 3]`` float field: random values on a coarse grid, upsampled smoothly."""
     grid = rng.uniform(0, 255, size=(max(2, cells * height // width), cells, 3)).astype(np.uint8)
-    return np.asarray(Image.fromarray(grid, mode="RGB").resize((width, height), Image.BICUBIC), dtype=np.float32)
+    smooth = Image.fromarray(grid, mode="RGB").resize((width, height), Image.BICUBIC)
+    return np.asarray(smooth, dtype=np.float32)
 
 
 def photo_like(rng: np.random.Generator, width: int, height: int, tint: np.ndarray) -> np.ndarray:

@@ -1,0 +1,36 @@
+"""Shared fixtures: a digits data set built once, and an isolated podrun home per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding ``digits/`` (scikit-learn's digits as ImageNet-layout JPEGs)."""
+    from orchestrator.datasets import write_digits
+
+    root = tmp_path_factory.mktemp("data")
+    write_digits(root / "digits")
+    return root
+
+
+@pytest.fixture
+def podrun_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh ``$PODRUN_HOME`` (job records, checkpoints, the sqlite MLflow store)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("PODRUN_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(REPO)
+    return home
+
+
+@pytest.fixture
+def local_env(podrun_home: Path, digits_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The local profile pointed at the digits data and an isolated home."""
+    monkeypatch.setenv("PODRUN_DATA", str(digits_root))
+    return podrun_home

@@ -1,0 +1,142 @@
+"""The local backend end to end: real 2-rank gloo runs of the ResNet-50 tiny preset."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from jobs import status as exit_codes
+from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
+from jobs.mlperf_log import run_compliance_checker
+from orchestrator.cli import main
+from orchestrator.jobstore import list_records
+
+JOB = "recipes/jobs/resnet50-tiny.yaml"
+pytestmark = pytest.mark.slow
+
+
+def only_record(home: Path):
+    records = list_records(home)
+    assert len(records) == 1
+    return records[0]
+
+
+def mlflow_run(record):
+    run_id = read_run_info(Path(record.checkpoint_dir))["mlflow_run_id"]
+    client = MlflowClient(record.tracking_uri)
+    return client, client.get_run(run_id)
+
+
+def test_tiny_preset_reaches_target_with_mlflow_and_mllog(local_env, capsys):
+    assert main(["launch", JOB]) == exit_codes.SUCCESS
+    out = capsys.readouterr().out
+    assert "[done] reached target" in out and "mlflow ui --backend-store-uri" in out
+    record = only_record(local_env)
+    assert record.state == "SUCCEEDED"
+
+    client, run = mlflow_run(record)
+    params, metrics = run.data.params, run.data.metrics
+    assert params["world_size"] == "2" and params["global_batch_size"] == "64"
+    assert params["data_backend"] == "dali" and params["comm"] == "ddp" and params["cluster"] == "local"
+    assert "linear scaling" in params["scaling_rule"]
+    assert metrics["time_to_train_s"] > 0 and metrics["eval_top1"] >= 0.9
+    assert metrics["reached_target"] == 1.0
+    assert run.data.tags["version.torch"] == torch.__version__ and run.data.tags["hosts"]
+    assert run.data.tags["git_sha"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.resolved.yaml", "render.txt", "mlperf"} <= artifacts
+    assert client.get_experiment(run.info.experiment_id).name == "resnet50"
+
+    passed, output = run_compliance_checker(Path(record.job_dir) / "mlperf.log")
+    assert passed, output
+
+
+def wait_for_line(path: Path, needle: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and needle in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{needle!r} never appeared in {path}")
+
+
+def wait_terminal(job_id: str, capsys, timeout: float = 240) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        main(["status", job_id])
+        line = capsys.readouterr().out.strip()
+        state = line.split()[1]
+        if state in {"SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED"}:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not end")
+
+
+def final_weights(record) -> dict:
+    return load_checkpoint(latest_checkpoint(Path(record.checkpoint_dir)))
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(local_env, capsys):
+    settings = ["--set", "train.epochs=3", "--set", "eval.target=1.0", "--set", "train.log_every=5"]
+    # Uninterrupted reference.
+    assert main(["launch", JOB, *settings]) == exit_codes.NOT_REACHED
+    reference = only_record(local_env)
+    capsys.readouterr()
+
+    # Interrupted mid-epoch 2 by `podrun cancel`, then resumed.
+    assert main(["launch", JOB, *settings, "--detach"]) == 0
+    interrupted = [r for r in list_records(local_env) if r.job_id != reference.job_id][0]
+    wait_for_line(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/3 step 3/")
+    assert main(["cancel", interrupted.job_id]) == 0
+    assert wait_terminal(interrupted.job_id, capsys) == "CANCELLED"
+    stopped = final_weights(interrupted)["progress"]
+    assert stopped["epoch"] == 1 and 0 < stopped["step_in_epoch"] < 22, stopped
+
+    assert main(["launch", JOB, *settings, "--resume"]) == exit_codes.NOT_REACHED
+    out = capsys.readouterr().out
+    assert f"[resume] ckpt-{stopped['global_step']:09d}.pt: epoch 2, step {stopped['step_in_epoch']}" in out
+    resumed = list_records(local_env)[0]
+    assert resumed.checkpoint_dir == interrupted.checkpoint_dir
+
+    expected, got = final_weights(reference), final_weights(resumed)
+    assert got["progress"]["global_step"] == expected["progress"]["global_step"] == 66
+    for name, tensor in expected["model"].items():
+        assert torch.equal(tensor, got["model"][name]), name
+
+    # One job, one MLflow run, across both attempts.
+    client, run = mlflow_run(resumed)
+    assert run.data.tags["attempts"] == "2" and run.data.tags["resumed_from"].startswith("ckpt-")
+    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "eval_top1")]
+    assert epochs == [1, 2, 3]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_tracking_server_does_not_stop_training(local_env, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
+    assert main(["launch", JOB]) == exit_codes.SUCCESS
+    out = capsys.readouterr().out
+    assert "[done] reached target" in out and "podrun sync" in out
+    record = only_record(local_env)
+    spool = Path(record.job_dir) / "mlflow-spool"
+    assert spool.is_dir() and any(spool.iterdir())
+
+
+def test_status_logs_and_runs_on_a_detached_job(local_env, capsys):
+    assert main(["launch", JOB, "--detach", "--set", "train.epochs=1", "--set", "eval.target=1.0"]) == 0
+    record = only_record(local_env)
+    capsys.readouterr()
+    assert wait_terminal(record.job_id, capsys) == "FAILED"
+    assert main(["logs", record.job_id[:20]]) == 0
+    assert "[eval] epoch 1" in capsys.readouterr().out
+    assert main(["runs"]) == 0
+    assert record.job_id in capsys.readouterr().out
