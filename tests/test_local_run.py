@@ -140,3 +140,19 @@ def test_status_logs_and_runs_on_a_detached_job(local_env, capsys):
     assert "[eval] epoch 1" in capsys.readouterr().out
     assert main(["runs"]) == 0
     assert record.job_id in capsys.readouterr().out
+
+
+def test_rendered_script_runs_on_its_own(local_env, capsys, tmp_path):
+    import os
+    import subprocess
+
+    from jobs.dist import free_port
+
+    assert main(["render", JOB, "--set", "train.epochs=1", "--set", "eval.target=1.0"]) == 0
+    script = tmp_path / "job.sh"
+    script.write_text(capsys.readouterr().out)
+    proc = subprocess.run(["bash", str(script)], env=os.environ | {"MASTER_PORT": str(free_port())},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == exit_codes.NOT_REACHED, proc.stderr
+    (log,) = local_env.glob("jobs/*/logs/rank0.log")
+    assert "[eval] epoch 1" in log.read_text() and "[done] finished without reaching target" in log.read_text()

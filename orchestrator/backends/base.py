@@ -7,6 +7,7 @@ A backend only decides how ranks start. ``submit`` is ``render`` plus scheduling
 from __future__ import annotations
 
 import importlib
+import shlex
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Iterator
@@ -58,6 +59,22 @@ class Backend(ABC):
         self.schedule(job, record)
         record.save()
         return record
+
+
+def config_heredoc(job: ResolvedJob) -> list[str]:
+    """Shell lines that write the job's resolved config, so a rendered script runs on its own."""
+    import secrets
+
+    import yaml
+
+    path = Path(job.job_dir) / "config.resolved.yaml"
+    text = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+    marker = f"PODRUN_CONFIG_{secrets.token_hex(4).upper()}"
+    while marker in text:
+        marker += "_"
+    # A quoted delimiter: the shell expands nothing inside the YAML.
+    return [f"mkdir -p {shlex.quote(str(path.parent))}", f"cat > {shlex.quote(str(path))} <<'{marker}'",
+            text.rstrip("\n"), marker]
 
 
 def get_backend(name: str) -> Backend:

@@ -20,7 +20,7 @@ from typing import Iterator
 
 from jobs import status as exit_codes
 from jobs.dist import free_port
-from orchestrator.backends.base import Backend
+from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.config import REPO_ROOT, ResolvedJob
 from orchestrator.errors import BackendError
 from orchestrator.jobstore import (CANCELLED, FAILED, PREEMPTED, RUNNING, SUCCEEDED, JobRecord,
@@ -60,7 +60,9 @@ class LocalBackend(Backend):
             "set -euo pipefail",
             f"cd {shlex.quote(str(REPO_ROOT))}",
             'MASTER_PORT="${MASTER_PORT:-29500}"',
+            *config_heredoc(job),
             f"mkdir -p {shlex.quote(str(Path(job.job_dir) / 'logs'))}",
+            "pids=()",
         ]
         for rank in range(job.world_size):
             env = rank_env(job, rank, port=0)
@@ -68,7 +70,8 @@ class LocalBackend(Backend):
             assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
             log = shlex.quote(str(Path(job.job_dir) / "logs" / f"rank{rank}.log"))
             lines.append(f'{assignments} MASTER_PORT="$MASTER_PORT" {shlex.join(rank_command(job))} >{log} 2>&1 &')
-        lines.append("wait")
+            lines.append("pids+=($!)")
+        lines += ["status=0", 'for pid in "${pids[@]}"; do wait "$pid" || status=$?; done', 'exit "$status"']
         return "\n".join(lines) + "\n"
 
     def schedule(self, job: ResolvedJob, record: JobRecord) -> None:
