@@ -617,3 +617,11 @@ def replay_spool(spool_dir: Path, tracking_uri: str | None = None) -> int:
         )
     tracker._mark_done()
     return tracker.records_sent
+
+
+def spool_pending(spool_dir: Path) -> bool:
+    """True if ``spool_dir`` holds records that never reached MLflow (``podrun sync`` sends them)."""
+    try:
+        return not json.loads((Path(spool_dir) / "meta.json").read_text()).get("done", False)
+    except (OSError, ValueError):
+        return False

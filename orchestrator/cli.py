@@ -170,11 +170,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from jobs.tracking import replay_spool
+    from jobs.tracking import replay_spool, spool_pending
 
     _, record = _record(args.job_id)
     spool = Path(record.job_dir) / "mlflow-spool"
-    if not spool.exists():
+    if not spool_pending(spool):
         print(f"{record.job_id}: nothing kept, every record reached MLflow")
         return 0
     sent = replay_spool(spool)

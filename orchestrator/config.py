@@ -118,7 +118,7 @@ class OptimConfig(StrictModel):
     base_lr: float | None = Field(None, gt=0, description="pins the LR instead of scaling it")
     end_lr: float = Field(0.0001, ge=0)
     momentum: float = Field(0.875, ge=0, lt=1)
-    weight_decay: float = Field(3.0517578125e-05, ge=0)
+    weight_decay: float = Field(5e-05, ge=0)
     nesterov: bool = False
     lars_eta: float = Field(0.001, gt=0)
     bn_bias_weight_decay: bool = False
@@ -126,7 +126,7 @@ class OptimConfig(StrictModel):
 
 class ScheduleConfig(StrictModel):
     warmup_epochs: float | None = Field(None, ge=0, description="None: derived from the batch")
-    decay: Literal["cosine", "poly"] = "cosine"
+    decay: Literal["cosine", "poly"] = "poly"
     poly_power: float = Field(2.0, gt=0)
 
 

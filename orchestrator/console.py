@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from jobs import status as exit_codes
 from jobs.checkpoint import read_run_info
 from jobs.progress import parse_progress
+from jobs.tracking import spool_pending
 from orchestrator.backends.base import Backend
 from orchestrator.jobstore import SUCCEEDED, JobRecord
 
@@ -65,7 +66,7 @@ def _summary(record: JobRecord, console: Console) -> None:
     if run_id:
         console.print(f"MLflow run {run_id} in {record.tracking_uri}", markup=False)
         console.print(ui_hint(record.tracking_uri, run_id), markup=False)
-    elif (Path(record.job_dir) / "mlflow-spool").exists():
+    elif spool_pending(Path(record.job_dir) / "mlflow-spool"):
         console.print(f"MLflow was unreachable; records are kept: podrun sync {record.job_id}", markup=False)
 
 
