@@ -39,9 +39,26 @@ def detect_rank_env(env: dict[str, str] | None = None) -> RankInfo:
     return RankInfo(0, 1, 0)
 
 
+def slurm_rendezvous(env: dict[str, str]) -> dict[str, str]:
+    """MASTER_ADDR/MASTER_PORT for a Slurm job step, unless already set.
+
+    The address is the first host of ``SLURM_JOB_NODELIST`` (Slurm's hostlist syntax);
+    the port is derived from the job id, so every rank computes the same one.
+    """
+    from orchestrator.hostlist import expand_hostlist
+
+    found = {}
+    if "MASTER_ADDR" not in env and env.get("SLURM_JOB_NODELIST"):
+        found["MASTER_ADDR"] = expand_hostlist(env["SLURM_JOB_NODELIST"])[0]
+    if "MASTER_PORT" not in env and env.get("SLURM_JOB_ID", "").isdigit():
+        found["MASTER_PORT"] = str(20000 + int(env["SLURM_JOB_ID"]) % 20000)
+    return found
+
+
 def init_distributed(info: RankInfo, device: torch.device, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
     """Initialise the process group: NCCL on GPUs, gloo on CPU. Returns the backend used."""
     backend = "nccl" if device.type == "cuda" else "gloo"
+    os.environ.update(slurm_rendezvous(dict(os.environ)))
     if info.world_size == 1 and "MASTER_ADDR" not in os.environ:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))

@@ -32,6 +32,18 @@ def write_resolved(job: ResolvedJob, path: Path) -> None:
     path.write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
 
 
+def apply_array_task(job: ResolvedJob, env: dict[str, str]) -> ResolvedJob:
+    """Give each task of a Slurm job array (repeated runs, MLPerf's NEXP) its own seed and folders."""
+    task = env.get("SLURM_ARRAY_TASK_ID")
+    if not task:
+        return job
+    job = job.model_copy(deep=True)
+    job.recipe.train.seed += int(task)
+    job.checkpoint_dir = str(Path(job.checkpoint_dir) / f"array-{task}")
+    job.job_dir = str(Path(job.job_dir) / f"array-{task}")
+    return job
+
+
 def run_rank(job: ResolvedJob) -> int:
     """Set up this rank's device and process group, then train."""
     import torch
@@ -41,6 +53,7 @@ def run_rank(job: ResolvedJob) -> int:
     from jobs.train import Trainer
 
     info = detect_rank_env()
+    job = apply_array_task(job, dict(os.environ))
     if job.device == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)

@@ -6,6 +6,7 @@ resumed or requeued job continues the same run and time-to-train stays honest.
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,9 @@ class RunTracking:
                  "attempts": str(len(attempts)), "checkpoint_dir": str(self.ckpt_dir)}
         if self.resumed_from:
             tags["resumed_from"] = self.resumed_from
+        if "SLURM_JOB_ID" in os.environ:
+            tags |= {"slurm_job_id": os.environ["SLURM_JOB_ID"],
+                     "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT", "0")}
         self.tracker.set_tags(tags)
 
     def step_metrics(self, step: int, loss: float, lr: float, rate: float, unit: str) -> None:
@@ -115,6 +119,7 @@ class RunTracking:
 
     def finish(self, code: int, time_to_train: float, state: dict[str, Any], mllog_path: Path, unit: str) -> None:
         metrics = {"best_metric": state["best_metric"], "epochs_run": state["epoch"],
+                   "time_lost_s": state["time_lost_s"],
                    f"mean_throughput_{unit}_per_s": state["images"] / max(time_to_train, 1e-9)}
         if code == status.SUCCESS:
             metrics["time_to_train_s"] = time_to_train

@@ -97,7 +97,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * self.recipe.train.epochs
         self.warmup_steps = int(job.derived.warmup_epochs * self.steps_per_epoch)
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_time_s": 0.0,
-                      "images": 0, "best_metric": 0.0, "evals": []}
+                      "images": 0, "best_metric": 0.0, "evals": [], "time_lost_s": 0.0,
+                      "saved_at": 0.0}
         self.resumed_from = self._maybe_resume()
         self.tracking = RunTracking(job, info, self.resumed_from) if info.is_main else None
 
@@ -129,6 +130,8 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.state.update(checkpoint["progress"])
+        # Wall time from the checkpoint to this restart (queueing, start-up): lost to preemption.
+        self.state["time_lost_s"] += max(time.time() - self.state["saved_at"], 0.0) if self.state["saved_at"] else 0.0
         rng = checkpoint["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
@@ -140,6 +143,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         self.state["train_time_s"] = self._elapsed()
+        self.state["saved_at"] = time.time()
         if not self.info.is_main:
             return
         state = {

@@ -56,6 +56,53 @@ class MlflowConfig(StrictModel):
     experiment: str | None = None  # None: the recipe's name
 
 
+class LoginConfig(StrictModel):
+    """A login node to submit through over SSH (paramiko); host keys are always verified."""
+
+    host: str
+    port: int = Field(22, gt=0, lt=65536)
+    user: str | None = None
+    key_file: str | None = None  # None: the SSH agent, then ~/.ssh/id_*
+    known_hosts: str = "~/.ssh/known_hosts"
+    connect_timeout_s: float = Field(15, gt=0)
+    env: dict[str, str] = Field(default_factory=dict, description="exported before every remote command")
+
+
+SBATCH_VALUE = r"^[^\n\r\x00]*$"
+
+
+class SlurmConfig(StrictModel):
+    partition: str | None = Field(None, pattern=SBATCH_VALUE)
+    account: str | None = Field(None, pattern=SBATCH_VALUE)
+    qos: str | None = Field(None, pattern=SBATCH_VALUE)
+    time: str | None = Field("04:00:00", pattern=SBATCH_VALUE)
+    exclusive: bool = True
+    mem_zero: bool = True  # --mem=0: all of each node's memory
+    gpu_flag: Literal["gpus-per-node", "gres"] = "gpus-per-node"
+    cpus_per_task: int | None = Field(None, gt=0, description="None: cpus_per_node / tasks per node")
+    cpu_bind: str | None = Field("cores", pattern=SBATCH_VALUE)
+    signal_lead_s: int = Field(120, ge=0, description="USR2 this long before the time limit")
+    requeue: bool = True
+    max_preemptions: int = Field(5, ge=0)
+    max_failures: int = Field(1, ge=0)
+    dependency: str | None = Field(None, pattern=SBATCH_VALUE)
+    array: str | None = Field(None, pattern=SBATCH_VALUE, description="repeated runs (MLPerf NEXP), e.g. 1-5%1")
+    extra_flags: list[str] = Field(default_factory=list, description="more #SBATCH flags, e.g. --constraint=a100")
+    mpi: Literal["none", "pmix", "pmi2"] = "none"
+    python: str = "python3"
+    workdir: str | None = None  # podrun's checkout on the cluster; None: this one
+    setup: list[str] = Field(default_factory=list, description="shell lines before srun (module load, venv)")
+    login: LoginConfig | None = None
+
+    @field_validator("extra_flags")
+    @classmethod
+    def _one_line_flags(cls, flags: list[str]) -> list[str]:
+        for flag in flags:
+            if not flag.startswith("-") or any(c in flag for c in "\n\r\x00"):
+                raise ValueError(f"{flag!r}: each flag is one line starting with '-', e.g. --constraint=a100")
+        return flags
+
+
 class ClusterProfile(StrictModel):
     name: str = ""
     description: str = ""
@@ -69,8 +116,10 @@ class ClusterProfile(StrictModel):
     container: ContainerConfig | None = None
     data_root: str = "data"
     checkpoint_root: str = ".podrun/checkpoints"
+    state_dir: str | None = Field(None, description="job folders on the cluster (shared); None: $PODRUN_HOME")
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     env: dict[str, str] = Field(default_factory=dict)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     @field_validator("gpus_per_node")
     @classmethod

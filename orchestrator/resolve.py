@@ -165,9 +165,9 @@ def load_job(
     tasks = _tasks_per_node(spec, profile, chosen_backend)
     world = spec.nodes * tasks
     derived = derive(recipe, world)
-    home = podrun_home()
     job_id = job_id or new_job_id(spec.name)
     checkpoint_dir = _checkpoint_dir(profile, spec.name, job_id, resume)
+    state_dir = _absolute(profile, profile.state_dir) if profile.state_dir else podrun_home()
     return ResolvedJob(
         job=spec,
         recipe=recipe,
@@ -178,9 +178,9 @@ def load_job(
         world_size=world,
         device="cuda" if _gpus(profile, chosen_backend) else "cpu",
         derived=derived,
-        data_dir=str(_absolute(profile.data_root) / recipe.data.dataset),
+        data_dir=str(_absolute(profile, profile.data_root) / recipe.data.dataset),
         checkpoint_dir=str(checkpoint_dir),
-        job_dir=str(home / "jobs" / job_id),
+        job_dir=str(state_dir / "jobs" / job_id),
         tracking_uri=tracking_uri(profile),
         git_sha=git_sha(),
     )
@@ -232,12 +232,15 @@ def _tasks_per_node(spec: JobSpec, profile: ClusterProfile, backend: str) -> int
     return tasks
 
 
-def _absolute(path: str) -> Path:
+def _absolute(profile: ClusterProfile, path: str) -> Path:
+    """A local path made absolute; a path on a remote cluster (a login host) is left as written."""
+    if profile.slurm.login is not None:
+        return Path(path)
     return Path(path).expanduser().resolve()
 
 
 def _checkpoint_dir(profile: ClusterProfile, name: str, job_id: str, resume: str | None) -> Path:
-    root = _absolute(profile.checkpoint_root) / name
+    root = _absolute(profile, profile.checkpoint_root) / name
     if resume is None:
         return root / job_id
     if resume != "latest":

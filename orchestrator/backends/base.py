@@ -19,6 +19,7 @@ from orchestrator.jobstore import JobRecord
 
 BACKENDS = {
     "local": "orchestrator.backends.local:LocalBackend",
+    "slurm": "orchestrator.backends.slurm:SlurmBackend",
 }
 
 
@@ -46,8 +47,14 @@ class Backend(ABC):
         """Stop the job (ranks get a chance to checkpoint)."""
 
     def submit(self, job: ResolvedJob) -> JobRecord:
-        """Write the job's files (resolved config, rendered script, record), then schedule it."""
-        job_dir = Path(job.job_dir)
+        """Write the job's files (resolved config, rendered script, record), then schedule it.
+
+        The record and a copy of the files stay here, under ``$PODRUN_HOME/jobs/<id>``,
+        whatever cluster runs the job.
+        """
+        from orchestrator.resolve import podrun_home
+
+        job_dir = podrun_home() / "jobs" / job.job_id
         write_resolved(job, job_dir / "config.resolved.yaml")
         (job_dir / "render.txt").write_text(self.render(job))
         record = JobRecord(

@@ -1,0 +1,227 @@
+"""The Slurm backend: an sbatch script from ``slurm/job.sbatch.j2``, submitted here or over SSH.
+
+Slurm only changes how ranks start: ``srun`` starts one ``python -m jobs.run`` per GPU,
+and each rank reads its rank from ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``.
+Status works with accounting off (``squeue``, then ``scontrol show job``, then ``sacct``).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from pathlib import Path
+from typing import Iterator
+
+import jinja2
+
+from jobs import status as exit_codes
+from orchestrator.backends.base import Backend, config_heredoc
+from orchestrator.config import REPO_ROOT, LoginConfig, ResolvedJob
+from orchestrator.errors import BackendError, ConfigError
+from orchestrator.jobstore import (CANCELLED, FAILED, PENDING, PREEMPTED, RUNNING, SUCCEEDED, UNKNOWN, JobRecord,
+                                   is_terminal)
+from orchestrator.tunnel import Tunnel, open_tunnel
+
+TEMPLATE_DIR = REPO_ROOT / "slurm"
+VERSION = "0.1.0"
+
+# Slurm job states to podrun's, in one table.
+SLURM_STATES = {
+    "PENDING": PENDING, "CONFIGURING": PENDING, "REQUEUED": PENDING, "REQUEUE_HOLD": PENDING,
+    "REQUEUE_FED": PENDING, "RESV_DEL_HOLD": PENDING, "SUSPENDED": PENDING, "STOPPED": PENDING,
+    "RUNNING": RUNNING, "COMPLETING": RUNNING, "RESIZING": RUNNING, "SIGNALING": RUNNING, "STAGE_OUT": RUNNING,
+    "COMPLETED": SUCCEEDED,
+    "CANCELLED": CANCELLED,
+    "PREEMPTED": PREEMPTED,
+    "FAILED": FAILED, "TIMEOUT": FAILED, "NODE_FAIL": FAILED, "BOOT_FAIL": FAILED, "DEADLINE": FAILED,
+    "OUT_OF_MEMORY": FAILED, "SPECIAL_EXIT": FAILED, "REVOKED": FAILED,
+}
+
+
+def sbatch_value(value: object) -> str:
+    """A value for an ``#SBATCH`` line: one line, double-quoted when it holds spaces or quotes.
+
+    Raises:
+        ConfigError: the value spans lines (it could smuggle a command into the script).
+    """
+    text = str(value)
+    if any(c in text for c in "\n\r\x00"):
+        raise ConfigError(f"{text!r}: an #SBATCH value must be one line")
+    if re.search(r"[\s\"'\\$`]", text):
+        return '"' + re.sub(r'(["\\$`])', r"\\\1", text) + '"'
+    return text
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    env.filters["sbatch"] = sbatch_value
+    return env
+
+
+def job_environment(job: ResolvedJob) -> dict[str, str]:
+    """The variables the script exports: NCCL/IB settings, timeouts, then the profile's own."""
+    env = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_DEBUG": "WARN", "PYTHONUNBUFFERED": "1"}
+    env.update(job.profile.interconnect.env)
+    env.update(job.profile.env)
+    return env
+
+
+def render_sbatch(job: ResolvedJob) -> str:
+    """The sbatch script for ``job`` (the job's files live in ``job.job_dir`` on the cluster)."""
+    slurm = job.profile.slurm
+    gpus = job.tasks_per_node if job.device == "cuda" else 0
+    cpus = slurm.cpus_per_task or (job.profile.cpus_per_node // job.tasks_per_node
+                                   if job.profile.cpus_per_node else None)
+    job_dir = Path(job.job_dir)
+    config_path = job_dir / "config.resolved.yaml"
+    return _environment().get_template("job.sbatch.j2").render(
+        version=VERSION, job_id=job.job_id, recipe=job.recipe.name, preset=job.job.preset, profile=job.profile.name,
+        name=job.job.name, nodes=job.job.nodes, tasks_per_node=job.tasks_per_node, world_size=job.world_size,
+        gpus=gpus, cpus_per_task=cpus, slurm=slurm, container=job.profile.container,
+        log_dir=str(job_dir / "logs"), log_pattern="%A_%a" if slurm.array else "%j",
+        script_path=str(job_dir / "job.sbatch"), job_dir=str(job_dir), config_path=str(config_path),
+        config_heredoc="\n".join(config_heredoc(job)), env=job_environment(job),
+        workdir=_workdir(job), python=slurm.python,
+    )
+
+
+def _workdir(job: ResolvedJob) -> str:
+    container = job.profile.container
+    if container and container.image and container.workdir:
+        return container.workdir
+    return job.profile.slurm.workdir or str(REPO_ROOT)
+
+
+def parse_sbatch_id(stdout: str) -> str:
+    """The job id from ``sbatch --parsable`` (``1234`` or ``1234;cluster``)."""
+    first = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    job_id = first.split(";")[0]
+    if not job_id.isdigit():
+        raise BackendError(f"sbatch printed no job id: {stdout.strip()!r}")
+    return job_id
+
+
+def parse_scontrol(text: str) -> dict[str, str]:
+    """``scontrol show job -o`` output as key=value pairs."""
+    fields = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+
+    def __init__(self) -> None:
+        self._tunnels: dict[str, Tunnel] = {}
+
+    def tunnel(self, login: LoginConfig | None) -> Tunnel:
+        """One tunnel (one SSH connection) per login host, reused within a command."""
+        key = login.model_dump_json() if login else "local"
+        if key not in self._tunnels:
+            self._tunnels[key] = open_tunnel(login)
+        return self._tunnels[key]
+
+    def _record_tunnel(self, record: JobRecord) -> Tunnel:
+        login = record.extra.get("login")
+        return self.tunnel(LoginConfig(**login) if login else None)
+
+    def render(self, job: ResolvedJob) -> str:
+        return render_sbatch(job)
+
+    def schedule(self, job: ResolvedJob, record: JobRecord) -> None:
+        tunnel = self.tunnel(job.profile.slurm.login)
+        script_path = str(Path(job.job_dir) / "job.sbatch")
+        tunnel.write_text(script_path, self.render(job), mode=0o755)
+        tunnel.run(["mkdir", "-p", str(Path(job.job_dir) / "logs")])
+        result = tunnel.run(["sbatch", "--parsable", script_path])
+        if result.returncode == 127:
+            raise BackendError("sbatch not found: install the Slurm client here, or set the profile's slurm.login "
+                               "to submit through a login node")
+        if result.returncode != 0:
+            message = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            raise BackendError(f"sbatch refused the job: {message[-1] if message else 'exit ' + str(result.returncode)}")
+        record.native_id = parse_sbatch_id(result.stdout)
+        record.state, record.detail = PENDING, "submitted"
+        record.extra.update(cluster_job_dir=job.job_dir, array=bool(job.profile.slurm.array))
+        if job.profile.slurm.login:
+            record.extra["login"] = job.profile.slurm.login.model_dump()
+
+    # ------------------------------------------------------------------ status
+
+    def status(self, record: JobRecord) -> JobRecord:
+        if is_terminal(record.state):
+            return record  # terminal states are cached
+        tunnel = self._record_tunnel(record)
+        state, detail, exit_code = self._query(tunnel, record.native_id)
+        record.state, record.detail = state, detail
+        if exit_code is not None:
+            record.exit_code = exit_code
+        if is_terminal(state):
+            record.finished_at = time.time()
+            if exit_code in exit_codes.DESCRIPTIONS:
+                record.detail = f"{detail}; {exit_codes.DESCRIPTIONS[exit_code]}"
+            record.save()
+        return record
+
+    def _query(self, tunnel: Tunnel, job_id: str) -> tuple[str, str, int | None]:
+        queue = tunnel.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
+        if queue.returncode == 127:
+            raise BackendError("squeue not found: install the Slurm client, or use a profile with slurm.login")
+        lines = [line for line in queue.stdout.splitlines() if line.strip()]
+        show = tunnel.run(["scontrol", "show", "job", "-o", job_id])
+        fields = parse_scontrol(show.stdout) if show.returncode == 0 else {}
+        if lines and not fields:
+            raw, _, reason = lines[0].partition("|")
+            return SLURM_STATES.get(raw, UNKNOWN), f"{raw} ({reason})" if reason and reason != "None" else raw, None
+        if fields:
+            raw = fields.get("JobState", "UNKNOWN")
+            exit_code = int(fields.get("ExitCode", "0:0").split(":")[0])
+            restarts = fields.get("Restarts", "0")
+            detail = f"{raw}, restarts {restarts}, nodes {fields.get('NodeList', '?')}"
+            return SLURM_STATES.get(raw, UNKNOWN), detail, exit_code if SLURM_STATES.get(raw) != RUNNING else None
+        return self._query_sacct(tunnel, job_id)
+
+    def _query_sacct(self, tunnel: Tunnel, job_id: str) -> tuple[str, str, int | None]:
+        acct = tunnel.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode"])
+        line = acct.stdout.strip().splitlines()[-1] if acct.returncode == 0 and acct.stdout.strip() else ""
+        if not line:
+            return UNKNOWN, "not in squeue or scontrol, and sacct has no record (accounting off?)", None
+        raw, _, code = line.partition("|")
+        raw = raw.split()[0]
+        return SLURM_STATES.get(raw, UNKNOWN), raw, int(code.split(":")[0] or 0)
+
+    # ------------------------------------------------------------------ logs and cancel
+
+    def log_path(self, record: JobRecord) -> str:
+        pattern = f"{record.native_id}_*" if record.extra.get("array") else record.native_id
+        return str(Path(record.extra.get("cluster_job_dir", record.job_dir)) / "logs" / f"slurm-{pattern}.out")
+
+    def logs(self, record: JobRecord, rank: int = 0, follow: bool = False) -> Iterator[str]:
+        tunnel, path, offset, pending = self._record_tunnel(record), self.log_path(record), 0, ""
+        while True:
+            ended = not follow or is_terminal(self.status(record).state)
+            chunk = tunnel.read_text(path, offset) or ""
+            offset += len(chunk.encode())
+            lines = (pending + chunk).split("\n")
+            pending = lines.pop()
+            yield from lines
+            if ended:
+                if pending:
+                    yield pending
+                return
+            time.sleep(1.0)
+
+    def cancel(self, record: JobRecord) -> None:
+        record = self.status(record)
+        if is_terminal(record.state):
+            raise BackendError(f"job {record.job_id} already ended ({record.state})")
+        # SIGTERM reaches every rank first: each checkpoints before Slurm's KillWait ends.
+        result = self._record_tunnel(record).run(["scancel", record.native_id])
+        if result.returncode != 0:
+            raise BackendError(f"scancel {record.native_id} failed: {result.stderr.strip()}")
