@@ -24,6 +24,7 @@ demo: $(STAMP) $(DATA)/digits/train
 	$(BIN)/podrun launch recipes/jobs/resnet50-tiny.yaml
 
 test: $(STAMP)
+	bash scripts/install-test-deps.sh
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

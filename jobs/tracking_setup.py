@@ -126,7 +126,7 @@ class RunTracking:
         metrics["reached_target"] = 1.0 if code == status.SUCCESS else 0.0
         self.tracker.log_metrics(metrics, step=state["global_step"])
         self.tracker.set_tags({"status": status.DESCRIPTIONS.get(code, "failed")})
-        for name in ("config.resolved.yaml", "render.txt"):
+        for name in ("config.resolved.yaml", "render.txt", "job.sbatch"):
             if (self.job_dir / name).is_file():
                 self.tracker.log_artifact(self.job_dir / name)
         if Path(mllog_path).is_file():

@@ -8,6 +8,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Real services for the integration tests: a two-node Slurm cluster and an sshd on loopback.
+pytest_plugins = ["tests.fixtures.slurm", "tests.fixtures.sshd"]
+
 
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

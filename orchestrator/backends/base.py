@@ -70,13 +70,13 @@ class Backend(ABC):
 
 def config_heredoc(job: ResolvedJob) -> list[str]:
     """Shell lines that write the job's resolved config, so a rendered script runs on its own."""
-    import secrets
+    import hashlib
 
     import yaml
 
     path = Path(job.job_dir) / "config.resolved.yaml"
     text = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
-    marker = f"PODRUN_CONFIG_{secrets.token_hex(4).upper()}"
+    marker = f"PODRUN_CONFIG_{hashlib.sha256(text.encode()).hexdigest()[:8].upper()}"
     while marker in text:
         marker += "_"
     # A quoted delimiter: the shell expands nothing inside the YAML.
