@@ -10,7 +10,8 @@ The training loop calls :func:`build_loader` once per split and then ``loader.ep
 
 Sharding and determinism (the same for the DALI and the torch backend):
 
-* The split's files are listed once, sorted (classes are the sorted folder names).
+* The split's files are listed once, sorted. Classes are the sorted folder names of
+  ``train/`` (for ``val`` too, so a val split missing a class keeps the same labels).
 * ``train``: every epoch the list is permuted by a numpy RNG seeded from (seed, epoch) -
   the same permutation on every rank - and cut to ``world_size * batches * batch_size``
   samples, so every rank gets exactly ``batches`` full batches (DDP needs equal step
@@ -20,9 +21,11 @@ Sharding and determinism (the same for the DALI and the torch backend):
   (``pad_last_batch=True``) and the iterator strips the padding (``LastBatchPolicy.PARTIAL``),
   so each sample is seen exactly once; ranks may differ by one batch.
 * DALI: one pipeline per epoch, with ``files=`` in the epoch's order, ``random_shuffle=False``
-  and a pipeline seed derived from (seed, epoch, rank). DALI's random operators keep one
-  generator per batch slot, so the augmentation of a batch depends on how many batches ran
-  before it: ``skip`` therefore still runs the skipped batches and discards them.
+  and a pipeline seed derived from (seed, epoch, rank). DALI's random operators draw from
+  generators that advance with every batch, so a batch's augmentation depends on how many
+  batches ran before it: ``skip`` therefore still runs the skipped batches and drops them.
+  A val shard one batch shorter than its neighbour gets a batch of pure padding from
+  DALI; it is dropped, so ``len()`` and the batches yielded always agree.
 * torch: each sample's crop and flip come from a generator seeded by
   (seed, epoch, sample index), independent of workers and batches, so ``skip`` just starts
   later in the list without decoding the skipped images.
@@ -79,19 +82,33 @@ def missing_data_message(root: Path, data_dir: Path, problem: str) -> str:
     )
 
 
+def class_folders(root: Path) -> list[str]:
+    """Sorted names of the sub-folders of ``root``."""
+    return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+
+
 def scan_split(data_dir: Path, split: Split) -> ImageFolder:
-    """List the images of ``data_dir/split``; classes are the sorted folder names.
+    """List the images of ``data_dir/split``; classes are the sorted folder names of train.
 
     Raises:
-        DataError: the split folder is missing or holds no images in class folders.
+        DataError: the split folder is missing, holds no images in class folders, or (val)
+            has a class folder that train lacks.
     """
     root = Path(data_dir) / split
     if not root.is_dir():
         raise DataError(missing_data_message(root, Path(data_dir), "data set not found"))
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    present = class_folders(root)
+    train_root = Path(data_dir) / "train"
+    classes = class_folders(train_root) if split == "val" and train_root.is_dir() else present
+    unknown = sorted(set(present) - set(classes))
+    if unknown:
+        raise DataError(f"{root} has class folders that {train_root} lacks ({', '.join(unknown[:3])}"
+                        f"{' ...' if len(unknown) > 3 else ''}): both splits need the same classes")
     files: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
+        if not (root / name).is_dir():
+            continue
         images = sorted(
             entry.name
             for entry in os.scandir(root / name)
@@ -387,13 +404,14 @@ def dali_pipeline(files: list[str], folder: ImageFolder, cfg: DataConfig, *, tra
             random_shuffle=False, pad_last_batch=not train, name="Reader",
         )
         if train:
-            # Full decode + random_resized_crop: on the dev box's CPU this ran ~1.7x faster
-            # than the fused ROI decoder fn.decoders.image_random_crop (docs/BENCHMARKS.md).
-            images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
-            images = fn.random_resized_crop(
-                images, size=(size, size), random_area=list(cfg.crop_scale),
+            # Fused decode + random crop: only the crop window is decoded (ROI decoding in
+            # nvJPEG / libjpeg-turbo). On the dev box's CPU it beat decoders.image +
+            # random_resized_crop by ~10 % (docs/BENCHMARKS.md); same area/ratio sampling.
+            images = fn.decoders.image_random_crop(
+                jpegs, device=decoder, output_type=types.RGB, random_area=list(cfg.crop_scale),
                 random_aspect_ratio=list(cfg.crop_ratio), num_attempts=10,
             )
+            images = fn.resize(images, resize_x=size, resize_y=size)
             mirror = fn.random.coin_flip(probability=0.5) if cfg.flip else 0
             crop = None
         else:

@@ -55,7 +55,7 @@ def make_loader(data_dir: Path, backend: str, split: str = "train", *, rank: int
                         seed=seed, device=torch.device("cpu"), channels_last=channels_last, num_classes=64)
 
 
-def collect(loader: ImageLoader, epoch: int, skip: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def collect(loader: ImageLoader, epoch: int, skip: int = 0) -> list[tuple[torch.Tensor, ...]]:
     try:
         return list(loader.indexed_epoch(epoch, skip))
     finally:
@@ -77,7 +77,8 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def test_write_digits_layout_and_counts(digits: tuple[Path, dict]) -> None:
     out, summary = digits
-    counts = {split: {c.name: len(list(c.glob("*.JPEG"))) for c in (out / split).iterdir()} for split in ("train", "val")}
+    counts = {split: {c.name: len(list(c.glob("*.JPEG"))) for c in (out / split).iterdir()}
+              for split in ("train", "val")}
     assert summary["train"] + summary["val"] == 1797
     assert sum(counts["train"].values()) == summary["train"] and sum(counts["val"].values()) == summary["val"]
     assert sorted(counts["train"]) == sorted(counts["val"]) and len(counts["train"]) == 10
@@ -98,7 +99,8 @@ def test_write_digits_refuses_a_non_empty_folder(digits: tuple[Path, dict], tmp_
 
 
 def test_write_synthetic_layout(tmp_path: Path) -> None:
-    summary = write_synthetic(tmp_path, train_images=6, val_images=3, classes=3, width=64, height=48, progress=False)
+    summary = write_synthetic(tmp_path, train_images=6, val_images=3, classes=3, width=64, height=48,
+                              progress=False)
     assert len(list(tmp_path.glob("train/*/*.JPEG"))) == 6 and len(list(tmp_path.glob("val/*/*.JPEG"))) == 3
     assert len(list((tmp_path / "train").iterdir())) == 3 and summary["bytes"] > 0
     with Image.open(next(tmp_path.glob("train/*/*.JPEG"))) as image:
@@ -135,7 +137,8 @@ def test_train_shards_cover_every_sample_once(identity_dir: Path, backend: str) 
 def test_val_sees_every_sample_exactly_once(identity_dir: Path, backend: str) -> None:
     loaders = [make_loader(identity_dir, backend, "val", rank=rank, world_size=2) for rank in (0, 1)]
     shards = [collect(loader, epoch=0) for loader in loaders]
-    labels = sorted(int(label) for batches in shards for _, batch_labels, _ in batches for label in batch_labels)
+    labels = sorted(int(label) for batches in shards for _, batch_labels, _ in batches
+                    for label in batch_labels)
     assert labels == list(range(VAL_IMAGES))  # no padding duplicates, nothing missing
     assert [len(batches) for batches in shards] == [len(loader) for loader in loaders] == [1, 2]
     assert all(loader.samples == VAL_IMAGES for loader in loaders)
@@ -155,7 +158,8 @@ def assert_same_batches(first: list, second: list) -> None:
 def test_epochs_are_deterministic_and_resumable(identity_dir: Path, backend: str) -> None:
     full = collect(make_loader(identity_dir, backend, rank=1, world_size=2), epoch=2)
     assert_same_batches(full, collect(make_loader(identity_dir, backend, rank=1, world_size=2), epoch=2))
-    assert_same_batches(full[3:], collect(make_loader(identity_dir, backend, rank=1, world_size=2), 2, skip=3))
+    resumed = collect(make_loader(identity_dir, backend, rank=1, world_size=2), epoch=2, skip=3)
+    assert_same_batches(full[3:], resumed)
     assert collect(make_loader(identity_dir, backend, rank=1, world_size=2), 2, skip=99) == []
     other = collect(make_loader(identity_dir, backend, rank=1, world_size=2), epoch=5)
     assert indices_of(other) != indices_of(full)
@@ -189,8 +193,8 @@ print(digest.hexdigest())
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_batches_in_a_fresh_process(identity_dir: Path, backend: str) -> None:
     script = FRESH_PROCESS.format(repo=str(REPO), backend=backend, data=str(identity_dir))
-    digests = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-               for _ in range(2)}
+    run = [sys.executable, "-c", script]
+    digests = {subprocess.run(run, capture_output=True, text=True, check=True).stdout for _ in range(2)}
     assert len(digests) == 1 and len(next(iter(digests)).strip()) == 64
 
 
@@ -254,3 +258,15 @@ def test_missing_dali_suggests_the_fix(identity_dir: Path, monkeypatch: pytest.M
 def test_too_few_images_for_one_batch_per_rank(identity_dir: Path) -> None:
     with pytest.raises(DataError, match="fewer than world size 16"):
         make_loader(identity_dir, "torch", world_size=16)
+
+
+def test_val_labels_follow_the_train_classes(tmp_path: Path) -> None:
+    for split, classes in (("train", ["a", "b", "c"]), ("val", ["c"])):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (24, 24), (200, 10, 10)).save(tmp_path / split / name / "x.JPEG")
+    _, labels = next(iter(make_loader(tmp_path, "torch", "val").epoch(0)))
+    assert labels.tolist() == [2]  # "c" is class 2 of train, not class 0 of val
+    (tmp_path / "val" / "zz").mkdir()
+    with pytest.raises(DataError, match="zz"):
+        make_loader(tmp_path, "dali", "val")

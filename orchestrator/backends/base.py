@@ -15,7 +15,7 @@ from typing import Iterator
 from jobs.run import write_resolved
 from orchestrator.config import ResolvedJob
 from orchestrator.errors import PodrunError
-from orchestrator.jobstore import JobRecord
+from orchestrator.jobstore import FAILED, JobRecord
 
 BACKENDS = {
     "local": "orchestrator.backends.local:LocalBackend",
@@ -63,7 +63,12 @@ class Backend(ABC):
             tracking_uri=job.tracking_uri, world_size=job.world_size,
         )
         record.save()
-        self.schedule(job, record)
+        try:
+            self.schedule(job, record)
+        except PodrunError as exc:
+            record.state, record.detail = FAILED, f"submission failed: {exc}"
+            record.save()
+            raise
         record.save()
         return record
 

@@ -1,0 +1,160 @@
+"""The Slurm backend against a real two-node Slurm cluster (and a real sshd for remote submission)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from jobs import status as exit_codes
+from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
+from orchestrator.cli import main
+from orchestrator.jobstore import list_records
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def make_profile(tmp_path: Path, digits_root: Path, login: dict | None = None, **slurm) -> Path:
+    """A cluster file whose ``test`` profile is the local two-node Slurm cluster."""
+    profile = {
+        "scheduler": "slurm", "nodes": 2, "gpus_per_node": 0, "cpus_per_node": 2,
+        "data_root": str(digits_root), "checkpoint_root": str(tmp_path / "checkpoints"),
+        "state_dir": str(tmp_path / "state"),
+        # node1 and node2 are names of this one host, unknown to DNS
+        "env": {"MASTER_ADDR": "127.0.0.1"},
+        "slurm": {"partition": "debug", "time": "00:20:00", "exclusive": False, "mem_zero": False,
+                  "cpu_bind": None, "python": sys.executable, "workdir": str(REPO), **slurm},
+    }
+    if login:
+        profile["slurm"]["login"] = login
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({"profiles": {"test": profile}}))
+    return path
+
+
+@pytest.fixture
+def slurm_env(local_env, slurm_cluster, monkeypatch, tmp_path, digits_root):
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf_path))
+    return make_profile(tmp_path, digits_root)
+
+
+def job_args(cluster_file: Path, *extra: str) -> list[str]:
+    return ["resnet50:tiny", "--cluster-file", str(cluster_file), "--set", "cluster=test", "--set", "nodes=2",
+            "--set", "tasks_per_node=1", "--backend", "slurm", *extra]
+
+
+def newest_record(home: Path):
+    return list_records(home)[0]
+
+
+def wait_for_text(path: Path, needle: str, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and needle in path.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{needle!r} never appeared in {path}")
+
+
+def wait_state(job_id: str, capsys, states: set[str], timeout: float = 300) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        main(["status", job_id])
+        line = capsys.readouterr().out.strip()
+        if line.split()[1] in states:
+            return line
+        time.sleep(1)
+    raise AssertionError(f"job {job_id} never reached {states}")
+
+
+def slurm_log(record) -> Path:
+    return Path(record.extra["cluster_job_dir"]) / "logs" / f"slurm-{record.native_id}.out"
+
+
+def test_two_node_job_reaches_target_and_preempted_job_resumes_to_the_same_result(slurm_env, local_env, capsys,
+                                                                                   slurm_cluster):
+    # Uninterrupted: `podrun launch --backend slurm` submits, follows and returns the job's exit code.
+    assert main(["launch", *job_args(slurm_env)]) == exit_codes.SUCCESS
+    out = capsys.readouterr().out
+    assert "[done] reached target" in out
+    plain = newest_record(local_env)
+    assert plain.state == "SUCCEEDED" and plain.native_id.isdigit()
+    log = slurm_log(plain).read_text()
+    assert "node[1-2]" in log
+    run_id = read_run_info(Path(plain.checkpoint_dir))["mlflow_run_id"]
+    client = MlflowClient(plain.tracking_uri)
+    run = client.get_run(run_id)
+    assert run.data.metrics["time_to_train_s"] > 0 and run.data.params["world_size"] == "2"
+    assert run.data.params["backend"] == "slurm" and run.data.tags["slurm_job_id"] == plain.native_id
+    assert "job.sbatch" in {a.path for a in client.list_artifacts(run_id)}
+    assert (Path(plain.extra["cluster_job_dir"]) / "job.sbatch").is_file()
+
+    # Preempted mid-run with USR2 to the batch shell: requeued, resumed, same result.
+    assert main(["launch", *job_args(slurm_env), "--detach"]) == 0
+    capsys.readouterr()
+    preempted = newest_record(local_env)
+    wait_for_text(slurm_log(preempted), "[train] epoch 2/")
+    slurm_cluster.run("scancel", "--signal=USR2", "--batch", preempted.native_id)
+    line = wait_state(preempted.job_id, capsys, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
+    assert "SUCCEEDED" in line and "restarts 1" in line, line
+    log = slurm_log(preempted).read_text()
+    assert "requeueing" in log and "[resume] ckpt-" in log
+
+    expected = load_checkpoint(latest_checkpoint(Path(plain.checkpoint_dir)))
+    got = load_checkpoint(latest_checkpoint(Path(preempted.checkpoint_dir)))
+    assert got["progress"]["evals"] == expected["progress"]["evals"]
+    for name, tensor in expected["model"].items():
+        assert torch.equal(tensor, got["model"][name]), name
+    info = read_run_info(Path(preempted.checkpoint_dir))
+    assert len(info["attempts"]) == 2  # both attempts logged to ...
+    run = client.get_run(info["mlflow_run_id"])  # ... one MLflow run
+    assert run.data.tags["slurm_restart_count"] == "1" and run.data.metrics["time_lost_s"] > 0
+    assert run.data.metrics["reached_target"] == 1.0
+
+
+def test_status_logs_and_cancel_on_a_real_job(slurm_env, local_env, capsys):
+    assert main(["launch", *job_args(slurm_env, "--set", "eval.target=1.0", "--set", "train.epochs=50"),
+                 "--detach"]) == 0
+    record = newest_record(local_env)
+    capsys.readouterr()
+    wait_for_text(slurm_log(record), "[train] epoch 1/")
+    assert "RUNNING" in wait_state(record.job_id, capsys, {"RUNNING"})
+    assert main(["logs", record.job_id]) == 0
+    assert "[train] epoch 1/50" in capsys.readouterr().out
+    assert main(["cancel", record.job_id]) == 0
+    capsys.readouterr()
+    assert "CANCELLED" in wait_state(record.job_id, capsys, {"CANCELLED", "FAILED", "SUCCEEDED"})
+    wait_for_text(slurm_log(record), "[checkpoint]", timeout=60)  # the ranks saved their work on the way out
+    assert latest_checkpoint(Path(record.checkpoint_dir)) is not None
+
+
+def test_remote_submission_over_ssh(local_env, slurm_cluster, ssh_server, tmp_path, digits_root, capsys,
+                                    monkeypatch):
+    monkeypatch.delenv("SLURM_CONF", raising=False)  # only the remote side knows the cluster
+    login = {"host": "127.0.0.1", "port": ssh_server.port, "user": "root",
+             "key_file": str(ssh_server.client_key_path), "known_hosts": str(ssh_server.known_hosts_path),
+             "env": {"SLURM_CONF": str(slurm_cluster.conf_path)}}
+    cluster = make_profile(tmp_path, digits_root, login=login)
+    assert main(["launch", *job_args(cluster, "--set", "train.epochs=1", "--set", "eval.target=0.01"),
+                 "--detach"]) == 0
+    record = newest_record(local_env)
+    assert record.extra["login"]["host"] == "127.0.0.1"
+    capsys.readouterr()
+    assert "SUCCEEDED" in wait_state(record.job_id, capsys, {"SUCCEEDED", "FAILED", "CANCELLED"})
+    assert main(["logs", record.job_id]) == 0  # fetched over SFTP
+    assert "[done] reached target" in capsys.readouterr().out
+
+    # A changed host key is refused with one clear line, and nothing is submitted.
+    login["known_hosts"] = str(ssh_server.wrong_known_hosts())
+    cluster = make_profile(tmp_path, digits_root, login=login)
+    assert main(["launch", *job_args(cluster), "--detach"]) == 2
+    err = capsys.readouterr().err
+    assert "host key of root@127.0.0.1" in err and "does not match" in err and len(err.strip().splitlines()) == 1
+    refused = newest_record(local_env)
+    assert refused.state == "FAILED" and "submission failed" in refused.detail and not refused.native_id
