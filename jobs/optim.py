@@ -66,12 +66,17 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, derived: Derivation) -> 
         return LARS(groups, lr=derived.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
     for group in groups:
         group.pop("lars")
+    if derived.optimizer == "adam":
+        return torch.optim.AdamW(groups, lr=derived.lr, betas=cfg.betas, eps=cfg.eps)
     return torch.optim.SGD(groups, lr=derived.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
 def learning_rate(step: int, *, base_lr: float, end_lr: float, warmup_steps: int, total_steps: int,
                   schedule: ScheduleConfig) -> float:
-    """LR at global ``step``: linear warmup, then cosine or polynomial decay to ``end_lr``."""
+    """LR at global ``step``: linear warmup, then cosine, polynomial or inverse-sqrt decay."""
+    if schedule.decay == "inverse_sqrt":  # Vaswani et al.: peaks at base_lr after warmup
+        warmup = max(warmup_steps, 1)
+        return base_lr * min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
     if warmup_steps and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     span = max(total_steps - warmup_steps, 1)

@@ -120,7 +120,7 @@ class RunTracking:
     def finish(self, code: int, time_to_train: float, state: dict[str, Any], mllog_path: Path, unit: str) -> None:
         metrics = {"best_metric": state["best_metric"], "epochs_run": state["epoch"],
                    "time_lost_s": state["time_lost_s"],
-                   f"mean_throughput_{unit}_per_s": state["images"] / max(time_to_train, 1e-9)}
+                   f"mean_throughput_{unit}_per_s": state["items"] / max(time_to_train, 1e-9)}
         if code == status.SUCCESS:
             metrics["time_to_train_s"] = time_to_train
         metrics["reached_target"] = 1.0 if code == status.SUCCESS else 0.0

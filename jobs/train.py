@@ -13,6 +13,7 @@ and the ranks exit with :data:`jobs.status.PREEMPTED`, ready to resume.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import signal
 import socket
@@ -27,13 +28,24 @@ from torch.nn.parallel import DistributedDataParallel
 
 from jobs import status
 from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info, save_checkpoint, write_run_info
-from jobs.dist import RankInfo, any_rank, gather_hosts
+from jobs.dist import RankInfo, all_reduce_sum, any_rank, gather_hosts
 from jobs.mlperf_log import MlperfLogger, log_submission
 from jobs.optim import build_optimizer, learning_rate, set_learning_rate
 from jobs.progress import ProgressLine, format_eta
 from jobs.tasks import build_task
 from jobs.tracking_setup import RunTracking
 from orchestrator.config import ResolvedJob
+
+
+class Window:
+    """Work done since the last progress line (this rank's items, micro-batches, start time)."""
+
+    def __init__(self) -> None:
+        self.start, self.items, self.micro_batches = time.time(), 0, 0
+
+    def add(self, items: int) -> None:
+        self.items += items
+        self.micro_batches += 1
 
 
 class StopFlag:
@@ -93,11 +105,14 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, self.recipe.optim, job.derived)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.recipe.train.precision == "amp-fp16")
         self.train_loader, self.val_loader = self.task.build_loaders(info.rank, info.world_size)
-        self.steps_per_epoch = len(self.train_loader)
-        self.total_steps = self.steps_per_epoch * self.recipe.train.epochs
-        self.warmup_steps = int(job.derived.warmup_epochs * self.steps_per_epoch)
+        self.steps_per_epoch = len(self.train_loader)  # micro-batches: the data position
+        updates_per_epoch = math.ceil(self.steps_per_epoch / job.derived.update_freq)
+        self.total_steps = updates_per_epoch * self.recipe.train.epochs  # optimizer steps: the LR schedule
+        warmup = self.recipe.schedule.warmup_steps
+        self.warmup_steps = warmup if warmup is not None else int(job.derived.warmup_epochs * updates_per_epoch)
+        self.lr = job.derived.lr
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_time_s": 0.0,
-                      "images": 0, "best_metric": 0.0, "evals": [], "time_lost_s": 0.0,
+                      "items": 0, "best_metric": 0.0, "evals": [], "time_lost_s": 0.0,
                       "saved_at": 0.0}
         self.resumed_from = self._maybe_resume()
         self.tracking = RunTracking(job, info, self.resumed_from) if info.is_main else None
@@ -114,9 +129,10 @@ class Trainer:
         if self.recipe.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.module = model
+        self.ddp: DistributedDataParallel | None = None
         if self.info.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
+            model = self.ddp = DistributedDataParallel(model, device_ids=ids)
         if self.recipe.train.compile:
             model = torch.compile(model)
         return model
@@ -213,40 +229,50 @@ class Trainer:
         """Train one epoch (from the saved position); False if a stop was requested."""
         self.model.train()
         skip = self.state["step_in_epoch"]
-        window_start, window_items = time.time(), 0
+        window = Window()
+        update_freq = self.job.derived.update_freq
         for index, batch in enumerate(self.train_loader.epoch(epoch, skip=skip), start=skip):
-            loss, items = self._step(batch)
-            window_items += items * self.info.world_size
+            boundary = (index + 1) % update_freq == 0 or index + 1 == self.steps_per_epoch
+            loss, items = self._micro_step(batch, boundary, update_freq)
+            window.add(items)
             self.state["step_in_epoch"] = index + 1
+            if not boundary:
+                continue  # a stop or a checkpoint only happens between optimizer steps
             if self.state["global_step"] % self.recipe.train.log_every == 0 or index + 1 == self.steps_per_epoch:
-                elapsed = time.time() - window_start
-                self._report(epoch, index + 1, float(loss), window_items / max(elapsed, 1e-9))
-                window_start, window_items = time.time(), 0
+                self._report(epoch, index + 1, float(loss), window)
+                window = Window()
             if any_rank(self.stop.requested, self.device):
                 self._on_stop(epoch)
                 return False
         return True
 
-    def _step(self, batch: Any) -> tuple[torch.Tensor, int]:
-        lr = learning_rate(self.state["global_step"], base_lr=self.job.derived.lr, end_lr=self.recipe.optim.end_lr,
-                           warmup_steps=self.warmup_steps, total_steps=self.total_steps,
-                           schedule=self.recipe.schedule)
-        set_learning_rate(self.optimizer, lr)
-        loss, items = self.task.train_step_loss(self.model, batch)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.state["global_step"] += 1
-        self.state["images"] += items * self.info.world_size
-        self.lr = lr
+    def _micro_step(self, batch: Any, boundary: bool, update_freq: int) -> tuple[torch.Tensor, int]:
+        """Forward and backward one micro-batch; step the optimizer at an update boundary."""
+        accumulate = not boundary and self.ddp is not None
+        with self.ddp.no_sync() if accumulate else contextlib.nullcontext():
+            loss, items = self.task.train_step_loss(self.model, batch)
+            self.scaler.scale(loss / update_freq).backward()
+        if boundary:
+            self.lr = learning_rate(self.state["global_step"], base_lr=self.job.derived.lr,
+                                    end_lr=self.recipe.optim.end_lr, warmup_steps=self.warmup_steps,
+                                    total_steps=self.total_steps, schedule=self.recipe.schedule)
+            set_learning_rate(self.optimizer, self.lr)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state["global_step"] += 1
         return loss.detach(), items
 
-    def _report(self, epoch: int, step: int, loss: float, rate: float) -> None:
+    def _report(self, epoch: int, step: int, loss: float, window: "Window") -> None:
+        """Progress line and metrics; a collective (every rank calls it at the same step)."""
+        items, = all_reduce_sum([float(window.items)], self.device)
+        self.state["items"] += int(items)
+        elapsed = max(time.time() - window.start, 1e-9)
         if not self.info.is_main:
             return
-        done = epoch * self.steps_per_epoch + step
-        eta = (self.total_steps - done) * self.job.derived.global_batch_size / max(rate, 1e-9)
+        remaining = self.steps_per_epoch * self.recipe.train.epochs - (epoch * self.steps_per_epoch + step)
+        eta = remaining * elapsed / max(window.micro_batches, 1)
+        rate = items / elapsed
         line = ProgressLine(epoch + 1, self.recipe.train.epochs, step, self.steps_per_epoch, rate,
                             self.task.unit, loss, self.lr, format_eta(eta))
         say(line.format())

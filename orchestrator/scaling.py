@@ -9,6 +9,8 @@ a reviewer sees why in MLflow.
 
 from __future__ import annotations
 
+import math
+
 from orchestrator.config import Derivation, Recipe
 from orchestrator.errors import ConfigError
 
@@ -24,6 +26,8 @@ def derive(recipe: Recipe, world_size: int) -> Derivation:
     """
     notes: list[str] = []
     batch, global_batch = _batches(recipe, world_size, notes)
+    update_freq = _update_freq(recipe, global_batch, notes)
+    global_batch *= update_freq
     optimizer = _optimizer(recipe, global_batch, notes)
     lr = _learning_rate(recipe, global_batch, notes)
     warmup = _warmup(recipe, global_batch, notes)
@@ -34,11 +38,28 @@ def derive(recipe: Recipe, world_size: int) -> Derivation:
         optimizer=optimizer,
         lr=lr,
         warmup_epochs=warmup,
+        update_freq=update_freq,
         notes=notes,
     )
 
 
+def _update_freq(recipe: Recipe, global_batch: int, notes: list[str]) -> int:
+    """Gradient accumulation; ``tokens_per_update`` keeps the effective batch at any GPU count."""
+    target = recipe.train.tokens_per_update
+    if target is None:
+        if recipe.train.update_freq > 1:
+            notes.append(f"update_freq {recipe.train.update_freq} pinned")
+        return recipe.train.update_freq
+    update_freq = max(1, math.ceil(target / global_batch))
+    notes.append(f"update_freq {update_freq} = ceil({target} tokens per update / {global_batch} per step)")
+    return update_freq
+
+
 def _batches(recipe: Recipe, world_size: int, notes: list[str]) -> tuple[int, int]:
+    if recipe.data.kind == "parallel_text":
+        tokens = recipe.data.max_tokens
+        notes.append(f"{tokens * world_size} tokens per step = {tokens} per rank x {world_size} ranks")
+        return tokens, tokens * world_size
     pinned = recipe.train.global_batch_size
     if pinned is None:
         global_batch = recipe.train.batch_size * world_size
@@ -68,6 +89,8 @@ def _learning_rate(recipe: Recipe, global_batch: int, notes: list[str]) -> float
     if recipe.optim.base_lr is not None:
         notes.append(f"lr {recipe.optim.base_lr} pinned")
         return recipe.optim.base_lr
+    if recipe.optim.name == "adam":
+        raise ConfigError("optim.base_lr is required with optim.name=adam (Adam's LR is not scaled with the batch)")
     # MLPerf's closed division wants the base LR on a 0.001 grid.
     lr = max(round(recipe.optim.lr_per_256 * global_batch / 256, 3), 0.001)
     notes.append(f"lr {lr} = {recipe.optim.lr_per_256} x {global_batch}/256 (linear scaling)")
@@ -75,6 +98,9 @@ def _learning_rate(recipe: Recipe, global_batch: int, notes: list[str]) -> float
 
 
 def _warmup(recipe: Recipe, global_batch: int, notes: list[str]) -> float:
+    if recipe.schedule.warmup_steps is not None:
+        notes.append(f"warmup {recipe.schedule.warmup_steps} steps pinned")
+        return 0.0
     pinned = recipe.schedule.warmup_epochs
     if pinned is not None:
         notes.append(f"warmup {pinned} epochs pinned")
