@@ -99,9 +99,10 @@ class ImageClassification:
                            eval_samples=val.samples, steps_per_epoch=len(train))
 
 
-TASKS = {"resnet": ImageClassification}
-
-
 def build_task(job: ResolvedJob, device: torch.device, autocast: Any) -> Task:
-    """The task for the recipe's model architecture."""
-    return TASKS[job.recipe.model.arch](job, device, autocast)
+    """The task for the recipe's model architecture (the translation task is imported only when used)."""
+    if job.recipe.model.arch == "transformer":
+        from jobs.translation import Translation
+
+        return Translation(job, device, autocast)
+    return ImageClassification(job, device, autocast)
