@@ -56,7 +56,12 @@ def slurm_rendezvous(env: dict[str, str]) -> dict[str, str]:
 
 
 def init_distributed(info: RankInfo, device: torch.device, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
-    """Initialise the process group: NCCL on GPUs, gloo on CPU. Returns the backend used."""
+    """Initialise the process group: NCCL on GPUs, gloo on CPU. Returns the backend used.
+
+    A group that already exists (Ray Train sets one up) is kept.
+    """
+    if dist.is_initialized():
+        return dist.get_backend()
     backend = "nccl" if device.type == "cuda" else "gloo"
     os.environ.update(slurm_rendezvous(dict(os.environ)))
     if info.world_size == 1 and "MASTER_ADDR" not in os.environ:

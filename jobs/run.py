@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -44,8 +45,12 @@ def apply_array_task(job: ResolvedJob, env: dict[str, str]) -> ResolvedJob:
     return job
 
 
-def run_rank(job: ResolvedJob) -> int:
-    """Set up this rank's device and process group, then train."""
+def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = None) -> int:
+    """Set up this rank's device and process group, then train.
+
+    ``hooks`` and ``resume_from`` let a backend (Ray Train) see checkpoints and pick the
+    one to resume from; see :class:`jobs.train.Trainer`.
+    """
     import torch
     import torch.distributed as dist
 
@@ -61,11 +66,13 @@ def run_rank(job: ResolvedJob) -> int:
         device = torch.device("cpu")
         threads = job.recipe.train.cpu_threads or max(1, (os.cpu_count() or 1) // job.tasks_per_node)
         torch.set_num_threads(threads)
+    owns_group = not dist.is_initialized()
     init_distributed(info, device)
     try:
-        return Trainer(job, info, device).run()
+        return Trainer(job, info, device, hooks=hooks, resume_from=resume_from).run()
     finally:
-        dist.destroy_process_group()
+        if owns_group:
+            dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,8 +89,10 @@ def autocast_for(precision: str, device: torch.device):
 class Trainer:
     """Runs one recipe on one rank from start (or the latest checkpoint) to its target."""
 
-    def __init__(self, job: ResolvedJob, info: RankInfo, device: torch.device) -> None:
+    def __init__(self, job: ResolvedJob, info: RankInfo, device: torch.device, hooks: Any = None,
+                 resume_from: Path | None = None) -> None:
         self.job, self.info, self.device = job, info, device
+        self.hooks = hooks  # optional: checkpointed(path, state) and finished(code, state) on every rank
         self.recipe = job.recipe
         self.stop = StopFlag()
         self.ckpt_dir = Path(job.checkpoint_dir)
@@ -114,7 +116,7 @@ class Trainer:
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_time_s": 0.0,
                       "items": 0, "best_metric": 0.0, "evals": [], "time_lost_s": 0.0,
                       "saved_at": 0.0}
-        self.resumed_from = self._maybe_resume()
+        self.resumed_from = self._maybe_resume(resume_from)
         self.tracking = RunTracking(job, info, self.resumed_from) if info.is_main else None
 
     # ------------------------------------------------------------------ set-up
@@ -137,8 +139,8 @@ class Trainer:
             model = torch.compile(model)
         return model
 
-    def _maybe_resume(self) -> str | None:
-        path = latest_checkpoint(self.ckpt_dir)
+    def _maybe_resume(self, path: Path | None) -> str | None:
+        path = path or latest_checkpoint(self.ckpt_dir)
         if path is None:
             return None
         checkpoint = load_checkpoint(path)
@@ -158,10 +160,14 @@ class Trainer:
         return path.name
 
     def _checkpoint(self) -> None:
+        """Rank 0 writes the checkpoint; every rank then tells the hooks (a collective for Ray)."""
         self.state["train_time_s"] = self._elapsed()
         self.state["saved_at"] = time.time()
-        if not self.info.is_main:
-            return
+        path = self._write_checkpoint() if self.info.is_main else None
+        if self.hooks:
+            self.hooks.checkpointed(path, dict(self.state))
+
+    def _write_checkpoint(self) -> Path:
         state = {
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -172,6 +178,7 @@ class Trainer:
         }
         path = save_checkpoint(self.ckpt_dir, state, self.state["global_step"], self.recipe.train.keep_checkpoints)
         say(f"[checkpoint] {path}")
+        return path
 
     # ------------------------------------------------------------------ run
 
@@ -319,3 +326,5 @@ class Trainer:
             self.tracking.finish(code, time_to_train, self.state, self.mllog.path, self.task.unit)
         self.train_loader.close()
         self.val_loader.close()
+        if self.hooks:
+            self.hooks.finished(code, dict(self.state))

@@ -106,6 +106,19 @@ class SlurmConfig(StrictModel):
         return flags
 
 
+class RayConfig(StrictModel):
+    """A Ray cluster: its dashboard (job API), shared storage and fault tolerance."""
+
+    address: str = Field("http://127.0.0.1:8265", description="the dashboard / job API of the head node")
+    token_file: str | None = Field(None, description="Ray's auth token (default: ~/.ray/auth_token); never logged")
+    storage_path: str | None = Field(None, description="shared storage for Ray Train; None: checkpoint_root")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts before the run fails")
+    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="default: 1 CPU or 1 GPU")
+    python: str = "python"
+    excludes: list[str] = Field(default_factory=lambda: [".venv", ".git", "data", ".podrun", "mlruns", "mlartifacts",
+                                                          "*.pt", "*.sbatch", "__pycache__", ".whl", ".gl"])
+
+
 class ClusterProfile(StrictModel):
     name: str = ""
     description: str = ""
@@ -123,6 +136,7 @@ class ClusterProfile(StrictModel):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     env: dict[str, str] = Field(default_factory=dict)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("gpus_per_node")
     @classmethod

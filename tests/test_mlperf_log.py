@@ -155,8 +155,8 @@ def test_disabled_logger_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "rank1.log").exists()
 
 
-def test_closed_division_problems_flags_defaults() -> None:
-    recipe = Recipe(name="resnet50")  # cosine decay, weight decay 2**-15
+def test_closed_division_problems_flags_off_rule_values() -> None:
+    recipe = Recipe(name="resnet50", schedule={"decay": "cosine"}, optim={"weight_decay": 2**-15})
     derived = Derivation(
         world_size=1, batch_size=256, global_batch_size=256, optimizer="sgd", lr=0.256,
         warmup_epochs=2,
@@ -166,3 +166,4 @@ def test_closed_division_problems_flags_defaults() -> None:
     assert any("weight_decay" in p for p in problems)
     good, good_derived = make_recipe("sgd")
     assert closed_division_problems(good, good_derived) == []
+    assert closed_division_problems(Recipe(name="resnet50"), derived) == []  # the defaults are closed-compliant

@@ -20,6 +20,7 @@ from orchestrator.jobstore import FAILED, JobRecord
 BACKENDS = {
     "local": "orchestrator.backends.local:LocalBackend",
     "slurm": "orchestrator.backends.slurm:SlurmBackend",
+    "ray": "orchestrator.backends.ray_backend:RayBackend",
 }
 
 
