@@ -12,6 +12,7 @@ after a failure (``FailureConfig``), and keeps the checkpoints they report.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -63,8 +64,15 @@ class RayHooks:
     def finished(self, code: int, state: dict[str, Any]) -> None:
         import ray.train
 
-        ray.train.report({"exit_code": code, "epoch": state["epoch"], "global_step": state["global_step"],
-                          "best_metric": state["best_metric"]})
+        metrics = {"exit_code": code, "epoch": state["epoch"], "global_step": state["global_step"],
+                   "best_metric": state["best_metric"]}
+        if ray.train.get_context().get_world_rank() != 0:
+            ray.train.report(metrics)
+            return
+        # Result.metrics are those of the latest checkpoint, so the outcome travels with one.
+        with tempfile.TemporaryDirectory() as staging:
+            (Path(staging) / "outcome.json").write_text(json.dumps(metrics))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
 
 
 def worker_main(config: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ differs (see :mod:`jobs.dist`).
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
 
     info = detect_rank_env()
     job = apply_array_task(job, dict(os.environ))
+    print(f"[rank {info.rank}/{info.world_size}] pid {os.getpid()} on {socket.gethostname()}", flush=True)
     if job.device == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)

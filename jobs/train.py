@@ -17,6 +17,7 @@ import math
 import random
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ class StopFlag:
         self.signal_name = ""
 
     def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # Ray Train runs the loop in a thread; Ray owns the signals there
         for sig in (signal.SIGUSR2, signal.SIGTERM):
             signal.signal(sig, self._handle)
 

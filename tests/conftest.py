@@ -8,8 +8,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Real services for the integration tests: a two-node Slurm cluster and an sshd on loopback.
-pytest_plugins = ["tests.fixtures.slurm", "tests.fixtures.sshd"]
+# Real services for the integration tests: two-node Slurm and Ray clusters, and an sshd on loopback.
+pytest_plugins = ["tests.fixtures.slurm", "tests.fixtures.sshd", "tests.fixtures.ray_cluster"]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,121 @@
+"""The Ray backend against a real two-node Ray cluster (token auth on, as Ray 2.60 defaults)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from jobs import status as exit_codes
+from jobs.checkpoint import read_run_info
+from orchestrator.backends.ray_backend import RayBackend
+from orchestrator.cli import main
+from orchestrator.jobstore import list_records
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def ray_profile(local_env, ray_cluster, tmp_path, digits_root, monkeypatch) -> Path:
+    """A cluster file whose ``test`` profile is the fixture's Ray cluster (2 workers of 1 CPU)."""
+    profile = {
+        "scheduler": "ray", "nodes": 2, "gpus_per_node": 0,
+        "data_root": str(digits_root), "checkpoint_root": str(tmp_path / "checkpoints"),
+        "state_dir": str(tmp_path / "state"),
+        "ray": {"address": ray_cluster.dashboard_url, "token_file": str(ray_cluster.token_path),
+                "python": sys.executable, "max_failures": 2},
+    }
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({"profiles": {"test": profile}}))
+    monkeypatch.setenv("PODRUN_CLUSTER_FILE", str(path))
+    return path
+
+
+JOB = ["resnet50:tiny", "--set", "cluster=test", "--set", "nodes=2", "--set", "tasks_per_node=1"]
+
+
+def ray_logs(record) -> str:
+    return RayBackend()._client(record.extra["ray"]).get_job_logs(record.native_id)
+
+
+def wait_for_log(record, pattern: str, timeout: float = 300) -> re.Match:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        match = re.search(pattern, ray_logs(record))
+        if match:
+            return match
+        time.sleep(2)
+    raise AssertionError(f"{pattern!r} never appeared in the Ray job's logs")
+
+
+def wait_state(job_id: str, capsys, states: set[str], timeout: float = 400) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        main(["status", job_id])
+        line = capsys.readouterr().out.strip()
+        if line.split()[1] in states:
+            return line
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} never reached {states}")
+
+
+def test_ray_job_submit_cli_runs_the_recipe_to_its_target(ray_profile, ray_cluster, local_env, tmp_path):
+    env = os.environ | ray_cluster.env | {"PODRUN_HOME": str(local_env)}
+    runtime_env = {"excludes": [".venv", ".git", ".podrun", "__pycache__"],
+                   "env_vars": {"PODRUN_CLUSTER_FILE": str(ray_profile), "PODRUN_HOME": str(local_env)}}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_cluster.dashboard_url,
+         "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
+         sys.executable, "-m", "jobs.ray_train", *JOB],
+        env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "[ray] finished: reached target" in out and "[done] reached target" in out
+    assert ray_cluster.token not in out
+    (run_info,) = (tmp_path / "checkpoints" / "resnet50-tiny").glob("*/run.json")
+    run = MlflowClient(f"sqlite:///{local_env / 'mlflow.db'}").get_run(json.loads(run_info.read_text())["mlflow_run_id"])
+    assert run.data.metrics["time_to_train_s"] > 0 and run.data.params["backend"] == "ray"
+    assert run.data.params["world_size"] == "2"
+    assert not any(ray_cluster.token in value for value in {**run.data.params, **run.data.tags}.values())
+
+
+def test_killed_worker_restarts_and_resumes_from_its_checkpoint(ray_profile, local_env, capsys):
+    assert main(["launch", *JOB, "--backend", "ray", "--detach"]) == 0
+    record = list_records(local_env)[0]
+    capsys.readouterr()
+    wait_for_log(record, r"\[checkpoint\] .*ckpt-0+22\.pt")  # the end of epoch 1
+    worker = int(wait_for_log(record, r"\[rank 1/2\] pid (\d+)").group(1))
+    os.kill(worker, signal.SIGKILL)
+    line = wait_state(record.job_id, capsys, {"SUCCEEDED", "FAILED", "CANCELLED"})
+    logs = ray_logs(record)
+    assert "SUCCEEDED" in line, logs[-3000:]
+    resumed_epochs = [int(e) for e in re.findall(r"\[resume\] ckpt-\d+\.pt: epoch (\d+)", logs)]
+    assert resumed_epochs and min(resumed_epochs) >= 2, logs[-3000:]  # not from epoch 1, not from scratch
+    info = read_run_info(Path(record.checkpoint_dir))
+    assert len(info["attempts"]) == 2  # two starts of the worker group, one MLflow run
+    run = MlflowClient(record.tracking_uri).get_run(info["mlflow_run_id"])
+    assert run.data.metrics["reached_target"] == 1.0 and run.data.tags["attempts"] == "2"
+
+
+def test_status_logs_and_cancel_on_a_real_ray_job(ray_profile, local_env, capsys):
+    assert main(["launch", *JOB, "--backend", "ray", "--detach", "--set", "train.epochs=50",
+                 "--set", "eval.target=1.0"]) == 0
+    record = list_records(local_env)[0]
+    capsys.readouterr()
+    wait_for_log(record, r"\[train\] epoch 1/50")
+    assert "RUNNING" in wait_state(record.job_id, capsys, {"RUNNING"})
+    assert main(["logs", record.job_id]) == 0
+    assert "[train] epoch 1/50" in capsys.readouterr().out
+    assert main(["cancel", record.job_id]) == 0
+    capsys.readouterr()
+    assert "CANCELLED" in wait_state(record.job_id, capsys, {"CANCELLED", "FAILED", "SUCCEEDED"})
