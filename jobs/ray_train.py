@@ -33,6 +33,10 @@ def resolve_for_ray(argv: list[str]) -> ResolvedJob:
     """The job to run: ``$PODRUN_RESOLVED_CONFIG`` (set by ``podrun launch``) or a job reference + ``--set``."""
     if os.environ.get(CONFIG_ENV):
         return ResolvedJob.model_validate(yaml.safe_load(os.environ[CONFIG_ENV]))
+    if argv[:1] == ["--config"] and len(argv) == 2:
+        from jobs.run import load_resolved
+
+        return load_resolved(Path(argv[1]))
     from orchestrator.resolve import load_job
 
     if not argv:

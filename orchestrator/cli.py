@@ -26,6 +26,8 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key (train.epochs=5), a job key (nodes=2) or profile.KEY")
     parser.add_argument("--backend", choices=["local", "slurm", "ray"], help="default: the profile's scheduler")
+    parser.add_argument("--on", choices=["slurm"], dest="on",
+                        help="with --backend ray: start a Ray cluster inside a Slurm allocation and run there")
     parser.add_argument("--cluster-file", help="default: $PODRUN_CLUSTER_FILE, ./cluster.yaml, the bundled one")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="JOB_ID",
                         help="continue the latest (or the given) earlier job of this name from its checkpoint")
@@ -89,8 +91,17 @@ def cmd_render(args: argparse.Namespace) -> int:
     from orchestrator.backends.base import get_backend
 
     job = _resolve(args)
-    print(get_backend(job.backend).render(job), end="")
+    print(get_backend(_scheduler(job, args)).render(job), end="")
     return 0
+
+
+def _scheduler(job, args: argparse.Namespace) -> str:
+    """The backend that starts the job: its own, or Slurm for ``--backend ray --on slurm``."""
+    if args.on:
+        if job.backend != "ray":
+            raise PodrunError("--on slurm goes with --backend ray (Ray inside a Slurm allocation)")
+        return "slurm"
+    return job.backend
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -98,7 +109,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from orchestrator.console import follow_job
 
     job = _resolve(args)
-    backend = get_backend(job.backend)
+    backend = get_backend(_scheduler(job, args))
     _check_data(job)
     record = backend.submit(job)
     print(f"submitted {record.job_id} ({record.backend} {record.native_id}, {job.world_size} ranks)"

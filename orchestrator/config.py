@@ -115,6 +115,9 @@ class RayConfig(StrictModel):
     max_failures: int = Field(2, ge=0, description="worker-group restarts before the run fails")
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="default: 1 CPU or 1 GPU")
     python: str = "python"
+    node_port_base: int | None = Field(None, gt=1024, lt=65000,
+                                       description="Ray on Slurm: per-node agent ports from here (nodes sharing a host)")
+    object_store_bytes: int | None = Field(None, gt=0)
     excludes: list[str] = Field(default_factory=lambda: [".venv", ".git", "data", ".podrun", "mlruns", "mlartifacts",
                                                           "*.pt", "*.sbatch", "__pycache__", ".whl", ".gl"])
 

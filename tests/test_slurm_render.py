@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from orchestrator import resolve
-from orchestrator.backends.slurm import SLURM_STATES, parse_sbatch_id, parse_scontrol, render_sbatch, sbatch_value
+from orchestrator.backends.slurm import SLURM_STATES, SlurmBackend, parse_sbatch_id, parse_scontrol, render_sbatch, sbatch_value
 from orchestrator.errors import ConfigError
 from orchestrator.hostlist import expand_hostlist
 from orchestrator.jobstore import FAILED, PENDING, RUNNING, SUCCEEDED
@@ -27,13 +27,14 @@ def fixed(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-@pytest.mark.parametrize("spec,golden,nodes", [
-    ("recipes/jobs/resnet50-dgx2.yaml", "dgx2.sbatch", 1),
-    ("recipes/jobs/resnet50-superpod.yaml", "superpod.sbatch", 96),
+@pytest.mark.parametrize("spec,golden,nodes,backend", [
+    ("recipes/jobs/resnet50-dgx2.yaml", "dgx2.sbatch", 1, None),
+    ("recipes/jobs/resnet50-superpod.yaml", "superpod.sbatch", 96, None),
+    ("recipes/jobs/resnet50-superpod.yaml", "ray-on-slurm-superpod.sbatch", 96, "ray"),
 ])
-def test_golden_scripts(fixed, spec, golden, nodes, tmp_path):
-    job = resolve.load_job(spec, job_id=f"golden-{nodes}")
-    script = render_sbatch(job)
+def test_golden_scripts(fixed, spec, golden, nodes, backend, tmp_path):
+    job = resolve.load_job(spec, job_id=f"golden-{nodes}", backend=backend)
+    script = SlurmBackend().render(job)
     if os.environ.get("PODRUN_UPDATE_GOLDEN"):
         (GOLDEN / golden).write_text(script)
     assert script == (GOLDEN / golden).read_text(), f"re-run with PODRUN_UPDATE_GOLDEN=1 if the change is intended"

@@ -7,6 +7,7 @@ Status works with accounting off (``squeue``, then ``scontrol show job``, then `
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import time
@@ -88,6 +89,30 @@ def render_sbatch(job: ResolvedJob) -> str:
     )
 
 
+def render_ray_sbatch(job: ResolvedJob) -> str:
+    """An sbatch script that starts a Ray cluster in the allocation and runs the job on it."""
+    from orchestrator.backends.ray_backend import runtime_env
+
+    slurm = job.profile.slurm
+    gpus = job.tasks_per_node if job.device == "cuda" else 0
+    job_dir = Path(job.job_dir)
+    env = runtime_env(job)
+    env["env_vars"].pop("PODRUN_RESOLVED_CONFIG")  # the job reads the config file instead
+    workdir = slurm.workdir or str(REPO_ROOT)  # Ray runs on the hosts: no pyxis container here
+    env["working_dir"] = workdir
+    python = slurm.python
+    return _environment().get_template("ray.sbatch.j2").render(
+        version=VERSION, job_id=job.job_id, recipe=job.recipe.name, preset=job.job.preset, profile=job.profile.name,
+        name=job.job.name, nodes=job.job.nodes, world_size=job.world_size, gpus=gpus,
+        node_cpus=slurm.cpus_per_task or job.profile.cpus_per_node, ray_cpus=job.profile.cpus_per_node or 1,
+        slurm=slurm, ray=job.profile.ray, log_dir=str(job_dir / "logs"), script_path=str(job_dir / "job.sbatch"),
+        job_dir=str(job_dir), config_path=str(job_dir / "config.resolved.yaml"),
+        config_heredoc="\n".join(config_heredoc(job)), env=job_environment(job),
+        workdir=workdir, python=python, python_dir=str(Path(python).parent) if "/" in python else "", ray_port=6379,
+        dashboard_port=8265, join_timeout_s=300, runtime_env=json.dumps(env),
+    )
+
+
 def _workdir(job: ResolvedJob) -> str:
     container = job.profile.container
     if container and container.image and container.workdir:
@@ -132,7 +157,7 @@ class SlurmBackend(Backend):
         return self.tunnel(LoginConfig(**login) if login else None)
 
     def render(self, job: ResolvedJob) -> str:
-        return render_sbatch(job)
+        return render_ray_sbatch(job) if job.backend == "ray" else render_sbatch(job)
 
     def schedule(self, job: ResolvedJob, record: JobRecord) -> None:
         tunnel = self.tunnel(job.profile.slurm.login)
