@@ -118,6 +118,8 @@ class RayConfig(StrictModel):
     node_port_base: int | None = Field(None, gt=1024, lt=65000,
                                        description="Ray on Slurm: per-node agent ports from here (nodes sharing a host)")
     object_store_bytes: int | None = Field(None, gt=0)
+    gcs_port: int = Field(6379, gt=0, lt=65536, description="Ray on Slurm: the head's port")
+    dashboard_port: int = Field(8265, gt=0, lt=65536, description="Ray on Slurm: the head's job API port")
     excludes: list[str] = Field(default_factory=lambda: [".venv", ".git", "data", ".podrun", "mlruns", "mlartifacts",
                                                           "*.pt", "*.sbatch", "__pycache__", ".whl", ".gl"])
 

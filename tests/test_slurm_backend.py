@@ -158,3 +158,23 @@ def test_remote_submission_over_ssh(local_env, slurm_cluster, ssh_server, tmp_pa
     assert "host key of root@127.0.0.1" in err and "does not match" in err and len(err.strip().splitlines()) == 1
     refused = newest_record(local_env)
     assert refused.state == "FAILED" and "submission failed" in refused.detail and not refused.native_id
+
+
+def test_ray_inside_a_slurm_allocation(slurm_env, local_env, capsys, tmp_path, digits_root):
+    from tests.fixtures.slurm import free_port
+
+    cluster = make_profile(tmp_path, digits_root)
+    profile = yaml.safe_load(cluster.read_text())
+    profile["profiles"]["test"]["cpus_per_node"] = 1
+    profile["profiles"]["test"]["env"]["RAY_HEAD_IP"] = "127.0.0.1"
+    profile["profiles"]["test"]["ray"] = {
+        "python": sys.executable, "node_port_base": 30000 + free_port() % 20000, "object_store_bytes": 256 * 1024**2,
+        "gcs_port": free_port(), "dashboard_port": free_port(), "max_failures": 0}
+    cluster.write_text(yaml.safe_dump(profile))
+    args = job_args(cluster, "--set", "train.epochs=2", "--set", "eval.target=0.01")
+    args[args.index("slurm")] = "ray"
+    assert main(["launch", *args, "--on", "slurm"]) == exit_codes.SUCCESS
+    record = newest_record(local_env)
+    assert record.backend == "slurm" and record.state == "SUCCEEDED"
+    log = slurm_log(record).read_text()
+    assert "2 Ray nodes up" in log and "[ray] finished: reached target" in log and "stopping Ray" in log

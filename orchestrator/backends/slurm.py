@@ -108,8 +108,9 @@ def render_ray_sbatch(job: ResolvedJob) -> str:
         slurm=slurm, ray=job.profile.ray, log_dir=str(job_dir / "logs"), script_path=str(job_dir / "job.sbatch"),
         job_dir=str(job_dir), config_path=str(job_dir / "config.resolved.yaml"),
         config_heredoc="\n".join(config_heredoc(job)), env=job_environment(job),
-        workdir=workdir, python=python, python_dir=str(Path(python).parent) if "/" in python else "", ray_port=6379,
-        dashboard_port=8265, join_timeout_s=300, runtime_env=json.dumps(env),
+        workdir=workdir, python=python, python_dir=str(Path(python).parent) if "/" in python else "",
+        ray_port=job.profile.ray.gcs_port,
+        dashboard_port=job.profile.ray.dashboard_port, join_timeout_s=300, runtime_env=json.dumps(env),
     )
 
 
