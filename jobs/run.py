@@ -71,7 +71,12 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
     owns_group = not dist.is_initialized()
     init_distributed(info, device)
     try:
-        return Trainer(job, info, device, hooks=hooks, resume_from=resume_from).run()
+        code = Trainer(job, info, device, hooks=hooks, resume_from=resume_from).run()
+        if info.world_size > 1:
+            # Leave together: under srun --kill-on-bad-exit a rank that exits first (code 3 after a
+            # preemption checkpoint) would get the others killed while rank 0 still talks to MLflow.
+            dist.barrier()
+        return code
     finally:
         if owns_group:
             dist.destroy_process_group()

@@ -80,9 +80,8 @@ class Translation:
     def train_step_loss(self, model: nn.Module, batch: TextBatch) -> tuple[torch.Tensor, int]:
         with self.autocast():
             logits = model(batch.src, batch.tgt_in)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD_ID,
-                               label_smoothing=self.recipe.train.label_smoothing, reduction="sum")
-        return loss / max(batch.ntokens, 1), batch.ntokens
+        loss = label_smoothed_loss(logits, batch.tgt_out, self.recipe.train.label_smoothing, batch.ntokens)
+        return loss, batch.ntokens
 
     # ------------------------------------------------------------------ evaluation
 
@@ -136,6 +135,13 @@ class Translation:
         warmup = warmup if warmup is not None else int(derived.warmup_epochs * updates_per_epoch)
         log_transformer_hparams(mllog, self.recipe, derived, train_samples=train.samples,
                                 eval_samples=val.samples, warmup_steps=warmup)
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float, ntokens: int) -> torch.Tensor:
+    """Mean label-smoothed cross-entropy over the ``ntokens`` real target tokens (padding ignored), in fp32."""
+    loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=PAD_ID,
+                           label_smoothing=smoothing, reduction="sum")
+    return loss / max(ntokens, 1)
 
 
 def _rank() -> int:

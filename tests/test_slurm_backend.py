@@ -104,7 +104,7 @@ def test_two_node_job_reaches_target_and_preempted_job_resumes_to_the_same_resul
     line = wait_state(preempted.job_id, capsys, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
     assert "SUCCEEDED" in line and "restarts 1" in line, line
     log = slurm_log(preempted).read_text()
-    assert "requeueing" in log and "[resume] ckpt-" in log
+    assert "preempted: requeueing" in log and "[resume] ckpt-" in log
 
     expected = load_checkpoint(latest_checkpoint(Path(plain.checkpoint_dir)))
     got = load_checkpoint(latest_checkpoint(Path(preempted.checkpoint_dir)))
