@@ -1,8 +1,13 @@
-"""Rank detection and torch.distributed set-up, for every backend.
+"""Rank detection and the communication set-up, for every backend and both comm paths.
 
 A rank learns who it is from the environment: the standard contract (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) set by the local
 backend, torchrun or Ray Train, or Slurm's ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``.
+
+``comm: ddp`` (the default) uses torch.distributed: NCCL on GPUs, gloo on CPU.
+``comm: horovod`` uses Horovod (started by horovodrun, by srun with the gloo rendezvous
+the Slurm script starts, or by Horovod's RayExecutor). The few collectives the loop needs
+(:func:`all_reduce_sum`, :func:`all_gather_object`, :func:`barrier`) work on either.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_TIMEOUT_S = 600
+_horovod = None  # the horovod.torch module once comm: horovod is initialised
 
 
 @dataclass(frozen=True)
@@ -83,12 +89,74 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def horovod():
+    """The initialised ``horovod.torch`` module, or None on the DDP path."""
+    return _horovod
+
+
+def horovod_env_from_slurm(env: dict[str, str]) -> dict[str, str]:
+    """Horovod's gloo contract for a rank started by srun (the Slurm script runs the rendezvous)."""
+    if "SLURM_PROCID" not in env or "HOROVOD_GLOO_RENDEZVOUS_PORT" not in env or "HOROVOD_RANK" in env:
+        return {}
+    rendezvous = slurm_rendezvous(env)
+    return {
+        "HOROVOD_RANK": env["SLURM_PROCID"], "HOROVOD_SIZE": env["SLURM_NTASKS"],
+        "HOROVOD_LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "HOROVOD_LOCAL_SIZE": env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
+        "HOROVOD_CROSS_RANK": env.get("SLURM_NODEID", "0"), "HOROVOD_CROSS_SIZE": env.get("SLURM_NNODES", "1"),
+        "HOROVOD_HOSTNAME": env.get("SLURMD_NODENAME", socket.gethostname()),
+        "HOROVOD_GLOO_RENDEZVOUS_ADDR": env.get("MASTER_ADDR") or rendezvous.get("MASTER_ADDR", "127.0.0.1"),
+        "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo",
+        "HOROVOD_GLOO_IFACE": env.get("HOROVOD_GLOO_IFACE") or env.get("NCCL_SOCKET_IFNAME", "lo").split(",")[0],
+    }
+
+
+def init_horovod(settings_env: dict[str, str]) -> RankInfo:
+    """``hvd.init()`` after applying the job's Horovod settings; returns this rank's place.
+
+    Raises:
+        PodrunError: Horovod is not installed (``make horovod`` builds it).
+    """
+    global _horovod
+    try:
+        import horovod.torch as hvd
+    except ImportError as exc:
+        from orchestrator.errors import PodrunError
+
+        raise PodrunError(f"comm: horovod needs Horovod ({exc}): build it with 'make horovod'") from None
+    os.environ.update(settings_env)
+    os.environ.update(horovod_env_from_slurm(dict(os.environ)))
+    hvd.init()
+    _horovod = hvd
+    return RankInfo(hvd.rank(), hvd.size(), hvd.local_rank())
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few numbers over all ranks."""
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if _horovod is not None and _horovod.size() > 1:
+        return _horovod.allreduce(tensor, op=_horovod.Sum).tolist()
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def all_gather_object(obj: object) -> list:
+    """Every rank's ``obj``, in rank order."""
+    if _horovod is not None:
+        return _horovod.allgather_object(obj)
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    if _horovod is not None:
+        _horovod.barrier()
+    elif dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
@@ -98,9 +166,4 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 def gather_hosts() -> list[str]:
     """The host name of every rank, in rank order."""
-    host = socket.gethostname()
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [host]
-    hosts: list[str] = [""] * dist.get_world_size()
-    dist.all_gather_object(hosts, host)
-    return hosts
+    return all_gather_object(socket.gethostname())

@@ -55,10 +55,11 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
     import torch
     import torch.distributed as dist
 
-    from jobs.dist import detect_rank_env, init_distributed
+    from jobs.dist import barrier, detect_rank_env, init_distributed, init_horovod
     from jobs.train import Trainer
 
-    info = detect_rank_env()
+    horovod = job.job.comm == "horovod"
+    info = init_horovod(horovod_settings(job)) if horovod else detect_rank_env()
     job = apply_array_task(job, dict(os.environ))
     print(f"[rank {info.rank}/{info.world_size}] pid {os.getpid()} on {socket.gethostname()}", flush=True)
     if job.device == "cuda":
@@ -68,18 +69,30 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
         device = torch.device("cpu")
         threads = job.recipe.train.cpu_threads or max(1, (os.cpu_count() or 1) // job.tasks_per_node)
         torch.set_num_threads(threads)
-    owns_group = not dist.is_initialized()
-    init_distributed(info, device)
+    owns_group = not horovod and not dist.is_initialized()
+    if not horovod:
+        init_distributed(info, device)
     try:
         code = Trainer(job, info, device, hooks=hooks, resume_from=resume_from).run()
-        if info.world_size > 1:
-            # Leave together: under srun --kill-on-bad-exit a rank that exits first (code 3 after a
-            # preemption checkpoint) would get the others killed while rank 0 still talks to MLflow.
-            dist.barrier()
+        # Leave together: under srun --kill-on-bad-exit a rank that exits first (code 3 after a
+        # preemption checkpoint) would get the others killed while rank 0 still talks to MLflow.
+        barrier()
         return code
     finally:
         if owns_group:
             dist.destroy_process_group()
+
+
+def horovod_settings(job: ResolvedJob) -> dict[str, str]:
+    """The job's Horovod options as the environment ``hvd.init()`` reads."""
+    cfg = job.job.horovod
+    env = {"HOROVOD_FUSION_THRESHOLD": str(cfg.fusion_threshold_mb * 1024 * 1024),
+           "HOROVOD_CYCLE_TIME": str(cfg.cycle_time_ms)}
+    if cfg.hierarchical_allreduce:
+        env["HOROVOD_HIERARCHICAL_ALLREDUCE"] = "1"
+    if cfg.timeline:
+        env["HOROVOD_TIMELINE"] = str(Path(job.job_dir) / "horovod-timeline.json")
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from jobs.dist import barrier
 from orchestrator.config import TextDataConfig
 from orchestrator.errors import DataError
 from orchestrator.translation_data import BOS_ID, EOS_ID, PAD_ID, read_parallel, split_paths, tokenizer_path, \
@@ -54,8 +54,7 @@ SHUFFLE_STREAM = 7  # keeps the batching RNG apart from other seeded streams
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+    barrier()
 
 
 def derive_seed(*parts: int) -> int:

@@ -63,8 +63,9 @@ def job_params(job: ResolvedJob) -> dict[str, Any]:
         "precision": recipe.train.precision,
         "memory_format": "channels_last" if recipe.train.channels_last else "contiguous",
         "compile": recipe.train.compile,
-        "data_backend": recipe.data.backend,
-        "image_size": recipe.data.image_size,
+        "data_backend": getattr(recipe.data, "backend", recipe.data.kind),
+        "image_size": getattr(recipe.data, "image_size", 0),
+        "max_tokens": getattr(recipe.data, "max_tokens", 0),
         "comm": job.job.comm,
         "target": recipe.eval.target,
         "seed": recipe.train.seed,
@@ -129,6 +130,9 @@ class RunTracking:
         for name in ("config.resolved.yaml", "render.txt", "job.sbatch"):
             if (self.job_dir / name).is_file():
                 self.tracker.log_artifact(self.job_dir / name)
+        timeline = self.job_dir / "horovod-timeline.json"
+        if timeline.is_file():
+            self.tracker.log_artifact(timeline, "horovod")
         if Path(mllog_path).is_file():
             self.tracker.log_artifact(Path(mllog_path), "mlperf")
         self.tracker.finish(RUN_STATUS.get(code, "FAILED"))

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from mlperf_logging.mllog import constants as C
 from torch import nn
 
+from jobs.dist import all_gather_object, horovod
 from jobs.mlperf_log import MlperfLogger, run_compliance_checker
 from jobs.text import TextBatch, TextLoader, build_text_loader, load_tokenizer
 from orchestrator.config import Derivation, Recipe, ResolvedJob
@@ -145,6 +146,9 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: f
 
 
 def _rank() -> int:
+    hvd = horovod()
+    if hvd is not None:
+        return hvd.rank()
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
@@ -154,10 +158,7 @@ def gather_hypotheses(mine: list[tuple[int, str]], samples: int) -> list[str]:
     Raises:
         RuntimeError: some pair was translated by no rank or by two (a sharding bug).
     """
-    gathered: list[list[tuple[int, str]]] = [mine]
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        gathered = [[] for _ in range(dist.get_world_size())]
-        dist.all_gather_object(gathered, mine)
+    gathered: list[list[tuple[int, str]]] = all_gather_object(mine)
     merged = dict(pair for part in gathered for pair in part)
     count = sum(len(part) for part in gathered)
     if len(merged) != samples or count != samples:

@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--train-images", type=int, default=2048)
     synthetic.add_argument("--val-images", type=int, default=256)
     synthetic.add_argument("--classes", type=int, default=16)
+    toy = data_sub.add_parser("translation-toy", help="a small parallel corpus of two artificial languages "
+                                                      "(reordering + word mapping) and its tokenizer")
+    toy.add_argument("dir", type=Path)
+    toy.add_argument("--train-pairs", type=int, default=20000)
+    toy.add_argument("--valid-pairs", type=int, default=500)
+    toy.add_argument("--test-pairs", type=int, default=500)
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--overwrite", action="store_true")
     return parser
 
 
@@ -123,7 +131,17 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def _check_data(job) -> None:
     from orchestrator.errors import DataError
 
-    if job.recipe.data.backend == "synthetic" or job.backend != "local":
+    if job.backend != "local" or getattr(job.recipe.data, "backend", None) == "synthetic":
+        return
+    if job.recipe.data.kind == "parallel_text":
+        from orchestrator.translation_data import split_paths
+
+        missing = [p for p in split_paths(Path(job.data_dir), job.recipe.data.train_split, job.recipe.data)
+                   if not p.is_file()]
+        if missing:
+            raise DataError(f"parallel text not found ({missing[0]}): create a toy corpus with 'podrun data "
+                            f"translation-toy {job.data_dir}', or point data.dataset (--set data.dataset=/path) "
+                            "or the profile's data_root at your data")
         return
     if not (Path(job.data_dir) / "train").is_dir():
         hint = "podrun data digits" if job.recipe.data.dataset == "digits" else "podrun data synthetic"
@@ -198,6 +216,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if args.dataset == "digits":
         summary = datasets.write_digits(args.dir, image_size=args.image_size, overwrite=args.overwrite)
+    elif args.dataset == "translation-toy":
+        from orchestrator.translation_data import write_translation_toy
+
+        summary = write_translation_toy(args.dir, train_pairs=args.train_pairs, valid_pairs=args.valid_pairs,
+                                        test_pairs=args.test_pairs, seed=args.seed, overwrite=args.overwrite)
     else:
         summary = datasets.write_synthetic(args.dir, train_images=args.train_images, val_images=args.val_images,
                                            classes=args.classes)

@@ -341,6 +341,16 @@ class Recipe(StrictModel):
 # --------------------------------------------------------------------------- job
 
 
+class HorovodConfig(StrictModel):
+    """Horovod's knobs (used with ``comm: horovod``); applied before ``hvd.init()``."""
+
+    fp16_compression: bool = False
+    fusion_threshold_mb: int = Field(64, ge=0)
+    cycle_time_ms: float = Field(1.0, gt=0)
+    hierarchical_allreduce: bool = False
+    timeline: bool = Field(False, description="write HOROVOD_TIMELINE; it becomes an MLflow artifact")
+
+
 class JobSpec(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
     recipe: str
@@ -350,6 +360,7 @@ class JobSpec(StrictModel):
     nodes: int = Field(1, gt=0)
     tasks_per_node: int | None = Field(None, gt=0, description="None: one per GPU, or 1 on CPU")
     comm: Literal["ddp", "horovod"] = "ddp"
+    horovod: HorovodConfig = Field(default_factory=HorovodConfig)
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -112,8 +112,8 @@ def load_job_spec(ref: str, assignments: list[str]) -> tuple[JobSpec, dict[str, 
     for assignment in assignments:
         key, value = parse_set(assignment)
         head = key.split(".", 1)[0]
-        if head in JOB_FIELDS and "." not in key:
-            raw[key] = value
+        if head in JOB_FIELDS:
+            set_dotted(raw, key, value)
         elif head == "profile":
             set_dotted(profile_overrides, key.split(".", 1)[1], value)
         else:

@@ -49,6 +49,21 @@ def rank_command(job: ResolvedJob) -> list[str]:
     return [sys.executable, "-m", "jobs.run", str(Path(job.job_dir) / "config.resolved.yaml")]
 
 
+def launches(job: ResolvedJob, port: int) -> list[tuple[dict[str, str], list[str], str]]:
+    """(environment, argv, log name) of each process to start: one per rank, or one horovodrun.
+
+    Under Horovod, ``horovodrun --gloo`` starts the ranks and prefixes each line with its rank;
+    its combined output is the job's rank-0 log.
+    """
+    if job.job.comm == "horovod":
+        env = {k: v for k, v in rank_env(job, 0, port).items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+        horovodrun = str(Path(sys.executable).parent / "horovodrun")
+        argv = [horovodrun, "-np", str(job.world_size), "-H", f"localhost:{job.world_size}", "--gloo",
+                *rank_command(job)]
+        return [(env, argv, "rank0.log")]
+    return [(rank_env(job, rank, port), rank_command(job), f"rank{rank}.log") for rank in range(job.world_size)]
+
+
 class LocalBackend(Backend):
     name = "local"
 
@@ -64,12 +79,11 @@ class LocalBackend(Backend):
             f"mkdir -p {shlex.quote(str(Path(job.job_dir) / 'logs'))}",
             "pids=()",
         ]
-        for rank in range(job.world_size):
-            env = rank_env(job, rank, port=0)
+        for env, argv, log_name in launches(job, port=0):
             env.pop("MASTER_PORT")
             assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-            log = shlex.quote(str(Path(job.job_dir) / "logs" / f"rank{rank}.log"))
-            lines.append(f'{assignments} MASTER_PORT="$MASTER_PORT" {shlex.join(rank_command(job))} >{log} 2>&1 &')
+            log = shlex.quote(str(Path(job.job_dir) / "logs" / log_name))
+            lines.append(f'{assignments} MASTER_PORT="$MASTER_PORT" {shlex.join(argv)} >{log} 2>&1 &')
             lines.append("pids+=($!)")
         lines += ["status=0", 'for pid in "${pids[@]}"; do wait "$pid" || status=$?; done', 'exit "$status"']
         return "\n".join(lines) + "\n"
@@ -159,10 +173,9 @@ class Supervisor:
         port = free_port()
         logs = Path(self.job.job_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        for rank in range(self.job.world_size):
-            env = os.environ | rank_env(self.job, rank, port)
-            with open(logs / f"rank{rank}.log", "ab") as log:
-                self.procs.append(subprocess.Popen(rank_command(self.job), env=env, cwd=REPO_ROOT, stdout=log,
+        for env, argv, log_name in launches(self.job, port):
+            with open(logs / log_name, "ab") as log:
+                self.procs.append(subprocess.Popen(argv, env=os.environ | env, cwd=REPO_ROOT, stdout=log,
                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         codes = self._wait()
         return self._record(codes)
