@@ -53,10 +53,6 @@ from orchestrator.translation_data import BOS_ID, EOS_ID, PAD_ID, read_parallel,
 SHUFFLE_STREAM = 7  # keeps the batching RNG apart from other seeded streams
 
 
-def barrier() -> None:
-    barrier()
-
-
 def derive_seed(*parts: int) -> int:
     words = [part % (1 << 64) for part in parts]
     return int(np.random.SeedSequence(words).generate_state(1)[0])
