@@ -101,10 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m jobs.run CONFIG  (a config.resolved.yaml written by podrun)", file=sys.stderr)
         return status.FAILED
     try:
-        return run_rank(load_resolved(Path(args[0])))
+        code = run_rank(load_resolved(Path(args[0])))
     except PodrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return status.FAILED
+    # horovodrun stops every rank when one exits non-zero: report "not reached" or "preempted"
+    # through outcome.json instead (the local backend reads it).
+    if os.environ.get("PODRUN_EXIT_ZERO") and code != status.FAILED:
+        return status.SUCCESS
+    return code
 
 
 if __name__ == "__main__":

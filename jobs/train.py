@@ -343,6 +343,7 @@ class Trainer:
         if code in (status.SUCCESS, status.NOT_REACHED):
             self.mllog.end("run_stop", metadata={"status": "success" if code == status.SUCCESS else "aborted"})
         if self.info.is_main:
+            status.write_outcome(self.job_dir, code)
             say(f"[done] {status.DESCRIPTIONS.get(code, 'failed')}: time to train {time_to_train:.1f} s,"
                 f" best {self.task.metric} {self.state['best_metric']:.4f}")
         if self.tracking:

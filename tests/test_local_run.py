@@ -156,3 +156,41 @@ def test_rendered_script_runs_on_its_own(local_env, capsys, tmp_path):
     assert proc.returncode == exit_codes.NOT_REACHED, proc.stderr
     (log,) = local_env.glob("jobs/*/logs/rank0.log")
     assert "[eval] epoch 1" in log.read_text() and "[done] finished without reaching target" in log.read_text()
+
+
+def best_top1(record) -> float:
+    return final_weights(record)["progress"]["best_metric"]
+
+
+def test_horovod_reaches_the_target_like_ddp(local_env, capsys):
+    assert main(["launch", JOB]) == exit_codes.SUCCESS
+    ddp = only_record(local_env)
+    assert main(["launch", JOB, "--set", "comm=horovod", "--set", "horovod.timeline=true"]) == exit_codes.SUCCESS
+    hvd = list_records(local_env)[0]
+    out = capsys.readouterr().out
+    assert "horovodrun" in (Path(hvd.job_dir) / "render.txt").read_text()
+    assert "[0]<stdout>:[done] reached target" in out
+    assert abs(best_top1(hvd) - best_top1(ddp)) < 0.05, (best_top1(hvd), best_top1(ddp))
+    client, run = mlflow_run(hvd)
+    assert run.data.params["comm"] == "horovod" and run.data.tags["version.horovod"].startswith("0.28")
+    assert "horovod" in {a.path for a in client.list_artifacts(run.info.run_id)}  # the timeline
+
+
+def test_horovod_run_resumes_after_an_interruption(local_env, capsys):
+    settings = ["--set", "comm=horovod", "--set", "train.epochs=3", "--set", "eval.target=1.0",
+                "--set", "train.log_every=5"]
+    assert main(["launch", JOB, *settings]) == exit_codes.NOT_REACHED
+    reference = only_record(local_env)
+    assert main(["launch", JOB, *settings, "--detach"]) == 0
+    interrupted = list_records(local_env)[0]
+    wait_for_line(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/3 step 3/")
+    assert main(["cancel", interrupted.job_id]) == 0
+    capsys.readouterr()
+    assert wait_terminal(interrupted.job_id, capsys) == "CANCELLED"
+    assert final_weights(interrupted)["progress"]["epoch"] == 1
+    assert main(["launch", JOB, *settings, "--resume"]) == exit_codes.NOT_REACHED
+    assert "[resume] ckpt-" in capsys.readouterr().out
+    expected, got = final_weights(reference), final_weights(list_records(local_env)[0])
+    assert got["progress"]["global_step"] == expected["progress"]["global_step"]
+    for name, tensor in expected["model"].items():
+        assert torch.equal(tensor, got["model"][name]), name

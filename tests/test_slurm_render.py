@@ -27,13 +27,16 @@ def fixed(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-@pytest.mark.parametrize("spec,golden,nodes,backend", [
-    ("recipes/jobs/resnet50-dgx2.yaml", "dgx2.sbatch", 1, None),
-    ("recipes/jobs/resnet50-superpod.yaml", "superpod.sbatch", 96, None),
-    ("recipes/jobs/resnet50-superpod.yaml", "ray-on-slurm-superpod.sbatch", 96, "ray"),
+@pytest.mark.parametrize("spec,golden,nodes,backend,sets", [
+    ("recipes/jobs/resnet50-dgx2.yaml", "dgx2.sbatch", 1, None, []),
+    ("recipes/jobs/resnet50-superpod.yaml", "superpod.sbatch", 96, None, []),
+    ("recipes/jobs/resnet50-superpod.yaml", "ray-on-slurm-superpod.sbatch", 96, "ray", []),
+    ("recipes/jobs/resnet50-dgx2.yaml", "dgx2-horovod-gloo.sbatch", 1, None, ["comm=horovod"]),
+    ("recipes/jobs/resnet50-superpod.yaml", "superpod-horovod-pmix.sbatch", 96, None,
+     ["comm=horovod", "profile.slurm.mpi=pmix"]),
 ])
-def test_golden_scripts(fixed, spec, golden, nodes, backend, tmp_path):
-    job = resolve.load_job(spec, job_id=f"golden-{nodes}", backend=backend)
+def test_golden_scripts(fixed, spec, golden, nodes, backend, sets, tmp_path):
+    job = resolve.load_job(spec, sets, job_id=f"golden-{nodes}", backend=backend)
     script = SlurmBackend().render(job)
     if os.environ.get("PODRUN_UPDATE_GOLDEN"):
         (GOLDEN / golden).write_text(script)

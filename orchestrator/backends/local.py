@@ -57,6 +57,7 @@ def launches(job: ResolvedJob, port: int) -> list[tuple[dict[str, str], list[str
     """
     if job.job.comm == "horovod":
         env = {k: v for k, v in rank_env(job, 0, port).items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+        env["PODRUN_EXIT_ZERO"] = "1"
         horovodrun = str(Path(sys.executable).parent / "horovodrun")
         argv = [horovodrun, "-np", str(job.world_size), "-H", f"localhost:{job.world_size}", "--gloo",
                 *rank_command(job)]
@@ -206,6 +207,8 @@ class Supervisor:
 
     def _record(self, codes: list[int]) -> int:
         code = codes[0] if all(c == codes[0] for c in codes) else next(c for c in codes if c != 0)
+        if code == exit_codes.SUCCESS:
+            code = exit_codes.read_outcome(Path(self.job.job_dir)) or exit_codes.SUCCESS
         record = JobRecord.load(self.record.path)
         record.exit_code = code
         record.state = EXIT_STATES.get(code, FAILED)

@@ -85,7 +85,7 @@ def render_sbatch(job: ResolvedJob) -> str:
         log_dir=str(job_dir / "logs"), log_pattern="%A_%a" if slurm.array else "%j",
         script_path=str(job_dir / "job.sbatch"), job_dir=str(job_dir), config_path=str(config_path),
         config_heredoc="\n".join(config_heredoc(job)), env=job_environment(job),
-        workdir=_workdir(job), python=slurm.python,
+        workdir=_workdir(job), python=slurm.python, comm=job.job.comm,
     )
 
 
