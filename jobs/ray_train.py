@@ -114,6 +114,34 @@ class _reported_checkpoint:
             self._context.__exit__(*exc)
 
 
+def horovod_worker(config: dict[str, Any]) -> int:
+    """One Horovod worker under RayExecutor (which sets the HOROVOD_* contract)."""
+    from jobs.run import run_rank
+
+    return run_rank(ResolvedJob.model_validate(config))
+
+
+def fit_horovod(job: ResolvedJob) -> int:
+    """``comm: horovod`` on Ray: Horovod's own RayExecutor (Ray Train V2 has no HorovodTrainer).
+
+    RayExecutor does not restart workers, so a failure ends the run; resume it with
+    ``podrun launch ... --resume``.
+    """
+    from horovod.ray import RayExecutor
+
+    use_gpu = job.device == "cuda"
+    executor = RayExecutor(RayExecutor.create_settings(timeout_s=600), num_workers=job.world_size,
+                           cpus_per_worker=1, use_gpu=use_gpu, gpus_per_worker=1 if use_gpu else None)
+    executor.start()
+    try:
+        codes = executor.run(horovod_worker, kwargs={"config": job.model_dump(mode="json")})
+    finally:
+        executor.shutdown()
+    code = int(codes[0])
+    print(f"[ray] finished: {status.DESCRIPTIONS.get(code, 'failed')}", flush=True)
+    return code
+
+
 def fit(job: ResolvedJob) -> int:
     """Run ``job`` with a TorchTrainer on the current Ray cluster; return a :mod:`jobs.status` code."""
     import ray
@@ -121,6 +149,8 @@ def fit(job: ResolvedJob) -> int:
     from ray.train.torch import TorchTrainer
 
     ray.init()  # inside `ray job submit`: joins the cluster; pass no resources
+    if job.job.comm == "horovod":
+        return fit_horovod(job)
     ray_cfg = job.profile.ray
     use_gpu = job.device == "cuda"
     resources = ray_cfg.resources_per_worker or ({"GPU": 1} if use_gpu else {"CPU": 1})

@@ -22,6 +22,16 @@ def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def translation_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding ``translation-toy/`` (two artificial languages) and its tokenizer."""
+    from orchestrator.translation_data import write_translation_toy
+
+    root = tmp_path_factory.mktemp("text")
+    write_translation_toy(root / "translation-toy")
+    return root
+
+
 @pytest.fixture
 def podrun_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh ``$PODRUN_HOME`` (job records, checkpoints, the sqlite MLflow store)."""

@@ -119,3 +119,18 @@ def test_status_logs_and_cancel_on_a_real_ray_job(ray_profile, local_env, capsys
     assert main(["cancel", record.job_id]) == 0
     capsys.readouterr()
     assert "CANCELLED" in wait_state(record.job_id, capsys, {"CANCELLED", "FAILED", "SUCCEEDED"})
+
+
+@pytest.mark.parametrize("recipe,extra,unit", [
+    ("transformer:tiny", [], "tok"),
+    ("resnet50:tiny", ["--set", "comm=horovod"], "img"),  # Horovod's RayExecutor
+])
+def test_recipe_and_comm_variants_reach_their_target_through_ray(ray_profile, local_env, capsys, recipe, extra,
+                                                                 unit, translation_root):
+    if recipe.startswith("transformer"):
+        extra = [*extra, "--set", f"profile.data_root={translation_root}"]
+    args = [recipe, *JOB[1:], "--backend", "ray", *extra]
+    assert main(["launch", *args]) == exit_codes.SUCCESS, capsys.readouterr().out[-3000:]
+    record = list_records(local_env)[0]
+    run = MlflowClient(record.tracking_uri).get_run(read_run_info(Path(record.checkpoint_dir))["mlflow_run_id"])
+    assert run.data.metrics["time_to_train_s"] > 0 and f"mean_throughput_{unit}_per_s" in run.data.metrics
