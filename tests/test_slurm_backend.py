@@ -178,3 +178,23 @@ def test_ray_inside_a_slurm_allocation(slurm_env, local_env, capsys, tmp_path, d
     assert record.backend == "slurm" and record.state == "SUCCEEDED"
     log = slurm_log(record).read_text()
     assert "2 Ray nodes up" in log and "[ray] finished: reached target" in log and "stopping Ray" in log
+
+
+@pytest.mark.parametrize("recipe,extra,unit", [
+    ("transformer:tiny", [], "tok"),
+    ("resnet50:tiny", ["--set", "comm=horovod"], "img"),  # srun-started ranks, gloo rendezvous from the script
+])
+def test_recipe_and_comm_variants_reach_their_target_on_slurm(slurm_env, local_env, capsys, recipe, extra, unit,
+                                                              translation_root):
+    if recipe.startswith("transformer"):
+        extra = [*extra, "--set", f"profile.data_root={translation_root}"]
+    args = job_args(slurm_env, *extra)
+    args[0] = recipe
+    assert main(["launch", *args]) == exit_codes.SUCCESS, capsys.readouterr().out[-3000:]
+    record = newest_record(local_env)
+    log = slurm_log(record).read_text()
+    assert "[done] reached target" in log and "[rank 1/2]" in log
+    run = MlflowClient(record.tracking_uri).get_run(read_run_info(Path(record.checkpoint_dir))["mlflow_run_id"])
+    assert run.data.metrics["time_to_train_s"] > 0 and f"mean_throughput_{unit}_per_s" in run.data.metrics
+    if "comm=horovod" in extra:
+        assert "Horovod rendezvous for 2 ranks" in log and run.data.params["comm"] == "horovod"
