@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from jobs import status
 from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info, save_checkpoint, write_run_info
-from jobs.dist import RankInfo, all_reduce_sum, any_rank, gather_hosts, horovod
+from jobs.dist import RankInfo, all_gather_object, all_reduce_sum, any_rank, gather_hosts, horovod
 from jobs.mlperf_log import MlperfLogger, log_submission
 from jobs.optim import build_optimizer, learning_rate, set_learning_rate
 from jobs.progress import ProgressLine, format_eta
@@ -65,6 +65,23 @@ class StopFlag:
     def _handle(self, signum: int, _frame: Any) -> None:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(saved: list[dict[str, Any]], rank: int, world_size: int) -> None:
+    """Restore this rank's RNG streams (rank 0's if the checkpoint came from another world size)."""
+    state = saved[rank] if len(saved) == world_size else saved[0]
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def say(message: str) -> None:
@@ -168,10 +185,7 @@ class Trainer:
         self.state.update(checkpoint["progress"])
         # Wall time from the checkpoint to this restart (queueing, start-up): lost to preemption.
         self.state["time_lost_s"] += max(time.time() - self.state["saved_at"], 0.0) if self.state["saved_at"] else 0.0
-        rng = checkpoint["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        set_rng_state(checkpoint["rng"], self.info.rank, self.info.world_size)
         if self.info.is_main:
             say(f"[resume] {path.name}: epoch {self.state['epoch'] + 1}, step {self.state['step_in_epoch']}"
                 f" of {self.steps_per_epoch}, global step {self.state['global_step']}")
@@ -181,17 +195,18 @@ class Trainer:
         """Rank 0 writes the checkpoint; every rank then tells the hooks (a collective for Ray)."""
         self.state["train_time_s"] = self._elapsed()
         self.state["saved_at"] = time.time()
-        path = self._write_checkpoint() if self.info.is_main else None
+        rng = all_gather_object(rng_state())  # every rank's stream: dropout draws differ per rank
+        path = self._write_checkpoint(rng) if self.info.is_main else None
         if self.hooks:
             self.hooks.checkpointed(path, dict(self.state))
 
-    def _write_checkpoint(self) -> Path:
+    def _write_checkpoint(self, rng: list[dict[str, Any]]) -> Path:
         state = {
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "progress": dict(self.state),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": rng,
             "job_id": self.job.job_id,
         }
         path = save_checkpoint(self.ckpt_dir, state, self.state["global_step"], self.recipe.train.keep_checkpoints)

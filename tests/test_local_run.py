@@ -194,3 +194,46 @@ def test_horovod_run_resumes_after_an_interruption(local_env, capsys):
     assert got["progress"]["global_step"] == expected["progress"]["global_step"]
     for name, tensor in expected["model"].items():
         assert torch.equal(tensor, got["model"][name]), name
+
+
+TRANSFORMER = "recipes/jobs/transformer-tiny.yaml"
+
+
+@pytest.fixture
+def text_env(local_env, translation_root, monkeypatch) -> Path:
+    monkeypatch.setenv("PODRUN_DATA", str(translation_root))
+    return local_env
+
+
+def test_transformer_reaches_its_bleu_target_with_mlflow_and_mllog(text_env, capsys):
+    from jobs.translation import check_compliance
+
+    assert main(["launch", TRANSFORMER]) == exit_codes.SUCCESS
+    assert "[done] reached target" in capsys.readouterr().out
+    record = only_record(text_env)
+    client, run = mlflow_run(record)
+    metrics = run.data.metrics
+    assert metrics["eval_bleu"] >= 60.0 and metrics["time_to_train_s"] > 0
+    assert metrics["mean_throughput_tok_per_s"] > 0 and metrics["throughput_tok_per_s"] > 0
+    assert run.data.params["optimizer"] == "adam" and client.get_experiment(run.info.experiment_id).name == "transformer"
+    passed, output = check_compliance(Path(record.job_dir) / "mlperf.log", "0.6.0")
+    assert passed, output
+
+
+def test_transformer_resumed_run_ends_with_the_same_weights(text_env, capsys):
+    settings = ["--set", "train.epochs=2", "--set", "eval.target=100", "--set", "train.log_every=2"]
+    assert main(["launch", TRANSFORMER, *settings]) == exit_codes.NOT_REACHED
+    reference = only_record(text_env)
+    assert main(["launch", TRANSFORMER, *settings, "--detach"]) == 0
+    interrupted = list_records(text_env)[0]
+    wait_for_line(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/2 step ")
+    assert main(["cancel", interrupted.job_id]) == 0
+    capsys.readouterr()
+    assert wait_terminal(interrupted.job_id, capsys) == "CANCELLED"
+    stopped = final_weights(interrupted)["progress"]
+    assert stopped["epoch"] == 1 and stopped["step_in_epoch"] > 0
+    assert main(["launch", TRANSFORMER, *settings, "--resume"]) == exit_codes.NOT_REACHED
+    expected, got = final_weights(reference), final_weights(list_records(text_env)[0])
+    assert got["progress"]["global_step"] == expected["progress"]["global_step"]
+    for name, tensor in expected["model"].items():
+        assert torch.equal(tensor, got["model"][name]), name
