@@ -1,13 +1,14 @@
 # podrun: the two README commands.
 #   make demo   set everything up, build the digits data set, train ResNet-50 (tiny) on 2 CPU ranks
 #   make test   set everything up and run the test suite (what CI runs)
+#   make horovod  build (once, then cached) and install Horovod 0.28.1 with the C++17 fix
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= data
 
-.PHONY: demo test setup bench clean ui
+.PHONY: demo test setup bench clean ui horovod
 
 setup: $(STAMP)
 
@@ -23,12 +24,17 @@ $(DATA)/digits/train: | $(STAMP)
 demo: $(STAMP) $(DATA)/digits/train
 	$(BIN)/podrun launch recipes/jobs/resnet50-tiny.yaml
 
+horovod: $(STAMP)
+	bash scripts/build-horovod.sh $(BIN)/python
+
 test: $(STAMP)
 	bash scripts/install-test-deps.sh
+	bash scripts/build-horovod.sh $(BIN)/python
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/input_pipeline.py
+	$(BIN)/python bench/transformer_step.py --preset tiny
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.podrun/mlflow.db --port 5000
