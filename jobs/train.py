@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from jobs import status
-from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info, save_checkpoint, write_run_info
+from jobs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from jobs.dist import RankInfo, all_gather_object, all_reduce_sum, any_rank, gather_hosts, horovod
 from jobs.mlperf_log import MlperfLogger, log_submission
 from jobs.optim import build_optimizer, learning_rate, set_learning_rate

@@ -222,7 +222,7 @@ def _tasks_per_node(spec: JobSpec, profile: ClusterProfile, backend: str) -> int
             f"use --set nodes={profile.nodes} or a larger profile"
         )
     if backend == "local" and spec.nodes != 1:
-        raise ConfigError(f"the local backend runs on this machine only: use --set nodes=1, or --backend slurm|ray")
+        raise ConfigError("the local backend runs on this machine only: use --set nodes=1, or --backend slurm|ray")
     gpus = _gpus(profile, backend)
     tasks = spec.tasks_per_node or gpus or 1
     if gpus and tasks > gpus:

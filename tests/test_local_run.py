@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
 from jobs.mlperf_log import run_compliance_checker
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records
+from tests.waiting import wait_for_text, wait_state
 
 JOB = "recipes/jobs/resnet50-tiny.yaml"
 pytestmark = pytest.mark.slow
@@ -56,25 +56,8 @@ def test_tiny_preset_reaches_target_with_mlflow_and_mllog(local_env, capsys):
     assert passed, output
 
 
-def wait_for_line(path: Path, needle: str, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and needle in path.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{needle!r} never appeared in {path}")
-
-
 def wait_terminal(job_id: str, capsys, timeout: float = 240) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        main(["status", job_id])
-        line = capsys.readouterr().out.strip()
-        state = line.split()[1]
-        if state in {"SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED"}:
-            return state
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not end")
+    return wait_state(job_id, capsys, timeout=timeout).split()[1]
 
 
 def final_weights(record) -> dict:
@@ -91,7 +74,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(local_env, capsy
     # Interrupted mid-epoch 2 by `podrun cancel`, then resumed.
     assert main(["launch", JOB, *settings, "--detach"]) == 0
     interrupted = [r for r in list_records(local_env) if r.job_id != reference.job_id][0]
-    wait_for_line(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/3 step 3/")
+    wait_for_text(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/3 step 3/")
     assert main(["cancel", interrupted.job_id]) == 0
     assert wait_terminal(interrupted.job_id, capsys) == "CANCELLED"
     stopped = final_weights(interrupted)["progress"]
@@ -183,7 +166,7 @@ def test_horovod_run_resumes_after_an_interruption(local_env, capsys):
     reference = only_record(local_env)
     assert main(["launch", JOB, *settings, "--detach"]) == 0
     interrupted = list_records(local_env)[0]
-    wait_for_line(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/3 step 3/")
+    wait_for_text(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/3 step 3/")
     assert main(["cancel", interrupted.job_id]) == 0
     capsys.readouterr()
     assert wait_terminal(interrupted.job_id, capsys) == "CANCELLED"
@@ -226,7 +209,7 @@ def test_transformer_resumed_run_ends_with_the_same_weights(text_env, capsys):
     reference = only_record(text_env)
     assert main(["launch", TRANSFORMER, *settings, "--detach"]) == 0
     interrupted = list_records(text_env)[0]
-    wait_for_line(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/2 step ")
+    wait_for_text(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/2 step ")
     assert main(["cancel", interrupted.job_id]) == 0
     capsys.readouterr()
     assert wait_terminal(interrupted.job_id, capsys) == "CANCELLED"

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from jobs.checkpoint import read_run_info
 from orchestrator.backends.ray_backend import RayBackend
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records
+from tests.waiting import wait_state, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -49,24 +49,7 @@ def ray_logs(record) -> str:
 
 
 def wait_for_log(record, pattern: str, timeout: float = 300) -> re.Match:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        match = re.search(pattern, ray_logs(record))
-        if match:
-            return match
-        time.sleep(2)
-    raise AssertionError(f"{pattern!r} never appeared in the Ray job's logs")
-
-
-def wait_state(job_id: str, capsys, states: set[str], timeout: float = 400) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        main(["status", job_id])
-        line = capsys.readouterr().out.strip()
-        if line.split()[1] in states:
-            return line
-        time.sleep(2)
-    raise AssertionError(f"job {job_id} never reached {states}")
+    return wait_until(lambda: re.search(pattern, ray_logs(record)), f"{pattern!r} in the Ray job's logs", timeout, 2)
 
 
 def test_ray_job_submit_cli_runs_the_recipe_to_its_target(ray_profile, ray_cluster, local_env, tmp_path):
@@ -96,7 +79,7 @@ def test_killed_worker_restarts_and_resumes_from_its_checkpoint(ray_profile, loc
     wait_for_log(record, r"\[checkpoint\] .*ckpt-0+22\.pt")  # the end of epoch 1
     worker = int(wait_for_log(record, r"\[rank 1/2\] pid (\d+)").group(1))
     os.kill(worker, signal.SIGKILL)
-    line = wait_state(record.job_id, capsys, {"SUCCEEDED", "FAILED", "CANCELLED"})
+    line = wait_state(record.job_id, capsys, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
     logs = ray_logs(record)
     assert "SUCCEEDED" in line, logs[-3000:]
     resumed_epochs = [int(e) for e in re.findall(r"\[resume\] ckpt-\d+\.pt: epoch (\d+)", logs)]

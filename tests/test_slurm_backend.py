@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from jobs import status as exit_codes
 from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records
+from tests.waiting import wait_for_text, wait_state
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -51,26 +51,6 @@ def job_args(cluster_file: Path, *extra: str) -> list[str]:
 
 def newest_record(home: Path):
     return list_records(home)[0]
-
-
-def wait_for_text(path: Path, needle: str, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists() and needle in path.read_text(errors="replace"):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{needle!r} never appeared in {path}")
-
-
-def wait_state(job_id: str, capsys, states: set[str], timeout: float = 300) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        main(["status", job_id])
-        line = capsys.readouterr().out.strip()
-        if line.split()[1] in states:
-            return line
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} never reached {states}")
 
 
 def slurm_log(record) -> Path:

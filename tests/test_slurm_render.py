@@ -40,7 +40,7 @@ def test_golden_scripts(fixed, spec, golden, nodes, backend, sets, tmp_path):
     script = SlurmBackend().render(job)
     if os.environ.get("PODRUN_UPDATE_GOLDEN"):
         (GOLDEN / golden).write_text(script)
-    assert script == (GOLDEN / golden).read_text(), f"re-run with PODRUN_UPDATE_GOLDEN=1 if the change is intended"
+    assert script == (GOLDEN / golden).read_text(), "re-run with PODRUN_UPDATE_GOLDEN=1 if the change is intended"
     assert f"#SBATCH --nodes={nodes}\n" in script
     path = tmp_path / golden
     path.write_text(script)

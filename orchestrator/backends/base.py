@@ -14,8 +14,8 @@ from typing import Iterator
 
 from jobs.run import write_resolved
 from orchestrator.config import ResolvedJob
-from orchestrator.errors import PodrunError
-from orchestrator.jobstore import FAILED, JobRecord
+from orchestrator.errors import BackendError, PodrunError
+from orchestrator.jobstore import FAILED, JobRecord, is_terminal
 
 BACKENDS = {
     "local": "orchestrator.backends.local:LocalBackend",
@@ -44,8 +44,19 @@ class Backend(ABC):
         """Lines of a rank's log."""
 
     @abstractmethod
+    def stop(self, record: JobRecord) -> None:
+        """Ask the scheduler to stop a running job (ranks get SIGTERM and checkpoint)."""
+
     def cancel(self, record: JobRecord) -> None:
-        """Stop the job (ranks get a chance to checkpoint)."""
+        """Stop the job, unless it already ended.
+
+        Raises:
+            BackendError: the job already ended, or the scheduler refused.
+        """
+        record = self.status(record)
+        if is_terminal(record.state):
+            raise BackendError(f"job {record.job_id} already ended ({record.state})")
+        self.stop(record)
 
     def submit(self, job: ResolvedJob) -> JobRecord:
         """Write the job's files (resolved config, rendered script, record), then schedule it.

@@ -22,7 +22,6 @@ from jobs import status as exit_codes
 from jobs.dist import free_port
 from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.config import REPO_ROOT, ResolvedJob
-from orchestrator.errors import BackendError
 from orchestrator.jobstore import (CANCELLED, FAILED, PREEMPTED, RUNNING, SUCCEEDED, JobRecord,
                                    is_terminal)
 
@@ -111,10 +110,7 @@ class LocalBackend(Backend):
         path = Path(record.job_dir) / "logs" / f"rank{rank}.log"
         yield from follow_file(path, lambda: not follow or is_terminal(self.status(record).state))
 
-    def cancel(self, record: JobRecord) -> None:
-        record = self.status(record)
-        if is_terminal(record.state):
-            raise BackendError(f"job {record.job_id} already ended ({record.state})")
+    def stop(self, record: JobRecord) -> None:
         os.killpg(int(record.native_id), signal.SIGTERM)
 
 

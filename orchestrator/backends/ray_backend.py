@@ -124,10 +124,7 @@ class RayBackend(Backend):
                 return
             time.sleep(1.0)
 
-    def cancel(self, record: JobRecord) -> None:
-        record = self.status(record)
-        if is_terminal(record.state):
-            raise BackendError(f"job {record.job_id} already ended ({record.state})")
+    def stop(self, record: JobRecord) -> None:
         self._client(record.extra["ray"]).stop_job(record.native_id)
 
 

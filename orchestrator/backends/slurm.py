@@ -243,10 +243,7 @@ class SlurmBackend(Backend):
                 return
             time.sleep(1.0)
 
-    def cancel(self, record: JobRecord) -> None:
-        record = self.status(record)
-        if is_terminal(record.state):
-            raise BackendError(f"job {record.job_id} already ended ({record.state})")
+    def stop(self, record: JobRecord) -> None:
         # SIGTERM reaches every rank first: each checkpoints before Slurm's KillWait ends.
         result = self._record_tunnel(record).run(["scancel", record.native_id])
         if result.returncode != 0:

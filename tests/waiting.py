@@ -1,0 +1,38 @@
+"""Polling helpers shared by the integration tests (bounded in time; they fail with what they waited for)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from orchestrator.cli import main
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED"}
+
+
+def wait_for_text(path: Path, needle: str, timeout: float = 240) -> None:
+    """Wait until ``needle`` appears in the file at ``path``."""
+    wait_until(lambda: path.exists() and needle in path.read_text(errors="replace"), f"{needle!r} in {path}",
+               timeout)
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float, every: float = 0.5) -> object:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"waited {timeout:.0f} s for {what}")
+
+
+def wait_state(job_id: str, capsys, states: set[str] = TERMINAL, timeout: float = 300) -> str:
+    """Poll ``podrun status`` until the job is in one of ``states``; return the status line."""
+
+    def status_line() -> str | None:
+        main(["status", job_id])
+        line = capsys.readouterr().out.strip()
+        return line if line.split()[1] in states else None
+
+    return wait_until(status_line, f"job {job_id} in {sorted(states)}", timeout, every=1.0)
