@@ -554,7 +554,7 @@ class Tracker:
 
         if self.run_id:
             try:
-                client.get_run(self.run_id)
+                self.meta["experiment_id"] = client.get_run(self.run_id).info.experiment_id
                 return
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
@@ -564,6 +564,7 @@ class Tracker:
         experiment_id = self._experiment_id(client)
         run = client.create_run(experiment_id, run_name=self.meta.get("run_name"))
         self.run_id = self.meta["run_id"] = run.info.run_id
+        self.meta["experiment_id"] = experiment_id
         self.spool.write_meta(self.meta)
 
     def _experiment_id(self, client: Any) -> str:

@@ -6,6 +6,7 @@ resumed or requeued job continues the same run and time-to-train stays honest.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 from pathlib import Path
@@ -77,6 +78,7 @@ class RunTracking:
     """Rank 0's view of the job's MLflow run."""
 
     def __init__(self, job: ResolvedJob, info: RankInfo, resumed_from: str | None) -> None:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the rank's log about training
         self.job, self.info, self.resumed_from = job, info, resumed_from
         self.ckpt_dir, self.job_dir = Path(job.checkpoint_dir), Path(job.job_dir)
         self.run_info = read_run_info(self.ckpt_dir)
@@ -91,7 +93,8 @@ class RunTracking:
 
     def _remember_run(self) -> None:
         if self.tracker.run_id and self.tracker.run_id != self.run_info.get("mlflow_run_id"):
-            self.run_info.update(mlflow_run_id=self.tracker.run_id, tracking_uri=self.job.tracking_uri)
+            self.run_info.update(mlflow_run_id=self.tracker.run_id, tracking_uri=self.job.tracking_uri,
+                                 mlflow_experiment_id=self.tracker.meta.get("experiment_id"))
             write_run_info(self.ckpt_dir, self.run_info)
 
     def start(self, hosts: list[str], steps_per_epoch: int, train_samples: int, val_samples: int) -> None:

@@ -64,14 +64,15 @@ def _summary(record: JobRecord, console: Console) -> None:
         console.print("resume with: podrun launch <same job> --resume", markup=False)
     if run_id:
         console.print(f"MLflow run {run_id} in {record.tracking_uri}", markup=False)
-        console.print(ui_hint(record.tracking_uri, run_id), markup=False)
+        console.print(ui_hint(record.tracking_uri, run_id, info.get("mlflow_experiment_id")), markup=False)
     elif spool_pending(Path(record.job_dir) / "mlflow-spool"):
         console.print(f"MLflow was unreachable; records are kept: podrun sync {record.job_id}", markup=False)
 
 
-def ui_hint(tracking_uri: str, run_id: str) -> str:
+def ui_hint(tracking_uri: str, run_id: str, experiment_id: str | None = None) -> str:
     """How to open a run in the MLflow UI."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id else f"#/runs/{run_id}"
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open: {tracking_uri.rstrip('/')}/#/runs/{run_id}"
+        return f"open: {tracking_uri.rstrip('/')}/{page}"
     return (f"open it: mlflow ui --backend-store-uri {tracking_uri} --port 5000, "
-            f"then http://127.0.0.1:5000/#/runs/{run_id}")
+            f"then http://127.0.0.1:5000/{page}")
