@@ -111,7 +111,7 @@ class LocalBackend(Backend):
         yield from follow_file(path, lambda: not follow or is_terminal(self.status(record).state))
 
     def stop(self, record: JobRecord) -> None:
-        os.killpg(int(record.native_id), signal.SIGTERM)
+        os.kill(int(record.native_id), signal.SIGTERM)  # the supervisor passes it on to the ranks
 
 
 def _alive(pid: int) -> bool:
@@ -128,6 +128,27 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return True
+
+
+def rank_descendants(pid: int) -> list[int]:
+    """Processes under ``pid`` that run ``jobs.run`` (read from /proc: no extra dependency)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, stack = [], list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        stack.extend(children.get(child, []))
+        try:
+            if b"jobs.run" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            continue
+    return found
 
 
 def follow_file(path: Path, done: callable) -> Iterator[str]:
@@ -178,10 +199,23 @@ class Supervisor:
         return self._record(codes)
 
     def _forward(self, signum: int, _frame: object) -> None:
+        """Pass a stop signal to the ranks themselves (they checkpoint and exit).
+
+        Under Horovod the ranks are horovodrun's grandchildren in their own sessions, and
+        horovodrun's own SIGTERM handling can hang once its workers are gone, so the signal
+        goes to the ``jobs.run`` processes, not to horovodrun.
+        """
         self.cancelled = self.cancelled or signum in (signal.SIGTERM, signal.SIGINT)
+        forwarded = signal.SIGTERM if signum == signal.SIGINT else signum
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+            if proc.poll() is not None:
+                continue
+            ranks = rank_descendants(proc.pid) if self.job.job.comm == "horovod" else [proc.pid]
+            for pid in ranks:
+                try:
+                    os.kill(pid, forwarded)
+                except ProcessLookupError:
+                    pass
 
     def _wait(self) -> list[int]:
         """Wait for every rank; if one fails, give the others a grace period, then kill them."""
