@@ -14,7 +14,7 @@ from jobs import status as exit_codes
 from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records
-from tests.waiting import wait_for_text, wait_state
+from tests.waiting import wait_for_text, wait_state, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -81,6 +81,10 @@ def test_two_node_job_reaches_target_and_preempted_job_resumes_to_the_same_resul
     preempted = newest_record(local_env)
     wait_for_text(slurm_log(preempted), "[train] epoch 2/")
     slurm_cluster.run("scancel", "--signal=USR2", "--batch", preempted.native_id)
+    # Slurm holds a requeued batch job for about two minutes (BeginTime); release it sooner.
+    wait_until(lambda: "Restarts=1" in slurm_cluster.run("scontrol", "show", "job", preempted.native_id).stdout,
+               "the requeue", 120, every=1)
+    slurm_cluster.run("scontrol", "update", f"JobId={preempted.native_id}", "StartTime=now")
     line = wait_state(preempted.job_id, capsys, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=400)
     assert "SUCCEEDED" in line and "restarts 1" in line, line
     log = slurm_log(preempted).read_text()
