@@ -72,15 +72,17 @@ class RayBackend(Backend):
 
     def _client(self, cfg: RayConfig | dict[str, Any]):
         cfg = cfg if isinstance(cfg, RayConfig) else RayConfig(**cfg)
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        if token_path(cfg).is_file():
-            os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token_path(cfg)))
+        headers = auth_headers(cfg)
+        if headers:  # a token is at hand: speak token auth (a cluster without auth ignores it)
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+            if token_path(cfg).is_file():
+                os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token_path(cfg)))
         try:
             from ray.job_submission import JobSubmissionClient
         except ImportError:
             raise BackendError("the Ray backend needs Ray: pip install 'podrun[ray]'") from None
         try:
-            return JobSubmissionClient(cfg.address, headers=auth_headers(cfg))
+            return JobSubmissionClient(cfg.address, headers=headers)
         except Exception as exc:  # the SDK raises ConnectionError, RuntimeError or auth errors
             raise BackendError(f"cannot reach the Ray cluster at {cfg.address}: {_first_line(exc)}; "
                                "check profile ray.address and the auth token") from None
