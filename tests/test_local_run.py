@@ -64,32 +64,38 @@ def final_weights(record) -> dict:
     return load_checkpoint(latest_checkpoint(Path(record.checkpoint_dir)))
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(local_env, capsys):
-    settings = ["--set", "train.epochs=3", "--set", "eval.target=1.0", "--set", "train.log_every=5"]
-    # Uninterrupted reference.
-    assert main(["launch", JOB, *settings]) == exit_codes.NOT_REACHED
-    reference = only_record(local_env)
-    capsys.readouterr()
+def interrupt_and_resume(job: str, settings: list[str], home: Path, capsys, needle: str):
+    """Run ``job`` uninterrupted, then again cancelled at ``needle`` and resumed.
 
-    # Interrupted mid-epoch 2 by `podrun cancel`, then resumed.
-    assert main(["launch", JOB, *settings, "--detach"]) == 0
-    interrupted = [r for r in list_records(local_env) if r.job_id != reference.job_id][0]
-    wait_for_text(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/3 step 3/")
+    Returns (reference, interrupted, resumed) records and the interrupted run's progress; asserts
+    the resumed run ends with bit-identical weights.
+    """
+    assert main(["launch", job, *settings]) == exit_codes.NOT_REACHED
+    reference = only_record(home)
+    assert main(["launch", job, *settings, "--detach"]) == 0
+    interrupted = list_records(home)[0]
+    wait_for_text(Path(interrupted.job_dir) / "logs" / "rank0.log", needle)
     assert main(["cancel", interrupted.job_id]) == 0
+    capsys.readouterr()
     assert wait_terminal(interrupted.job_id, capsys) == "CANCELLED"
     stopped = final_weights(interrupted)["progress"]
-    assert stopped["epoch"] == 1 and 0 < stopped["step_in_epoch"] < 22, stopped
-
-    assert main(["launch", JOB, *settings, "--resume"]) == exit_codes.NOT_REACHED
-    out = capsys.readouterr().out
-    assert f"[resume] ckpt-{stopped['global_step']:09d}.pt: epoch 2, step {stopped['step_in_epoch']}" in out
-    resumed = list_records(local_env)[0]
+    assert main(["launch", job, *settings, "--resume"]) == exit_codes.NOT_REACHED
+    resumed = list_records(home)[0]
     assert resumed.checkpoint_dir == interrupted.checkpoint_dir
-
     expected, got = final_weights(reference), final_weights(resumed)
-    assert got["progress"]["global_step"] == expected["progress"]["global_step"] == 66
+    assert got["progress"]["global_step"] == expected["progress"]["global_step"]
     for name, tensor in expected["model"].items():
         assert torch.equal(tensor, got["model"][name]), name
+    return reference, resumed, stopped
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(local_env, capsys):
+    settings = ["--set", "train.epochs=3", "--set", "eval.target=1.0", "--set", "train.log_every=5"]
+    _, resumed, stopped = interrupt_and_resume(JOB, settings, local_env, capsys, "[train] epoch 2/3 step 3/")
+    assert stopped["epoch"] == 1 and 0 < stopped["step_in_epoch"] < 22, stopped
+    log = (Path(resumed.job_dir) / "logs" / "rank0.log").read_text()
+    assert f"[resume] ckpt-{stopped['global_step']:09d}.pt: epoch 2, step {stopped['step_in_epoch']}" in log
+    assert final_weights(resumed)["progress"]["global_step"] == 66
 
     # One job, one MLflow run, across both attempts.
     client, run = mlflow_run(resumed)
@@ -162,21 +168,9 @@ def test_horovod_reaches_the_target_like_ddp(local_env, capsys):
 def test_horovod_run_resumes_after_an_interruption(local_env, capsys):
     settings = ["--set", "comm=horovod", "--set", "train.epochs=4", "--set", "eval.target=1.0",
                 "--set", "train.log_every=5"]
-    assert main(["launch", JOB, *settings]) == exit_codes.NOT_REACHED
-    reference = only_record(local_env)
-    assert main(["launch", JOB, *settings, "--detach"]) == 0
-    interrupted = list_records(local_env)[0]
-    wait_for_text(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/4 step 3/")
-    assert main(["cancel", interrupted.job_id]) == 0
-    capsys.readouterr()
-    assert wait_terminal(interrupted.job_id, capsys) == "CANCELLED"
-    assert final_weights(interrupted)["progress"]["epoch"] in (1, 2)  # stopped mid-run
-    assert main(["launch", JOB, *settings, "--resume"]) == exit_codes.NOT_REACHED
-    assert "[resume] ckpt-" in capsys.readouterr().out
-    expected, got = final_weights(reference), final_weights(list_records(local_env)[0])
-    assert got["progress"]["global_step"] == expected["progress"]["global_step"]
-    for name, tensor in expected["model"].items():
-        assert torch.equal(tensor, got["model"][name]), name
+    _, resumed, stopped = interrupt_and_resume(JOB, settings, local_env, capsys, "[train] epoch 2/4 step 3/")
+    assert stopped["epoch"] in (1, 2)  # stopped mid-run
+    assert "[resume] ckpt-" in (Path(resumed.job_dir) / "logs" / "rank0.log").read_text()
 
 
 TRANSFORMER = "recipes/jobs/transformer-tiny.yaml"
@@ -205,18 +199,5 @@ def test_transformer_reaches_its_bleu_target_with_mlflow_and_mllog(text_env, cap
 
 def test_transformer_resumed_run_ends_with_the_same_weights(text_env, capsys):
     settings = ["--set", "train.epochs=2", "--set", "eval.target=100", "--set", "train.log_every=2"]
-    assert main(["launch", TRANSFORMER, *settings]) == exit_codes.NOT_REACHED
-    reference = only_record(text_env)
-    assert main(["launch", TRANSFORMER, *settings, "--detach"]) == 0
-    interrupted = list_records(text_env)[0]
-    wait_for_text(Path(interrupted.job_dir) / "logs" / "rank0.log", "[train] epoch 2/2 step ")
-    assert main(["cancel", interrupted.job_id]) == 0
-    capsys.readouterr()
-    assert wait_terminal(interrupted.job_id, capsys) == "CANCELLED"
-    stopped = final_weights(interrupted)["progress"]
+    _, _, stopped = interrupt_and_resume(TRANSFORMER, settings, text_env, capsys, "[train] epoch 2/2 step ")
     assert stopped["epoch"] == 1 and stopped["step_in_epoch"] > 0
-    assert main(["launch", TRANSFORMER, *settings, "--resume"]) == exit_codes.NOT_REACHED
-    expected, got = final_weights(reference), final_weights(list_records(text_env)[0])
-    assert got["progress"]["global_step"] == expected["progress"]["global_step"]
-    for name, tensor in expected["model"].items():
-        assert torch.equal(tensor, got["model"][name]), name
