@@ -135,14 +135,14 @@ def test_env_expansion_in_profiles(tmp_path, monkeypatch):
     assert job.data_dir == "/srv/x/d/digits" and job.checkpoint_dir.startswith("/ck/")
 
 
-@pytest.mark.parametrize("ranks,expect_opt", [(16, "sgd"), (96 * 16, "lars")])
-def test_scaling_rule(ranks, expect_opt):
+@pytest.mark.parametrize("ranks,expect_opt,expect_warmup", [(16, "sgd", 2.0), (96 * 16, "lars", 5.0)])
+def test_scaling_rule(ranks, expect_opt, expect_warmup):
     recipe = Recipe(name="r")
     derived = derive(recipe, ranks)
     assert derived.global_batch_size == 256 * ranks
     assert derived.optimizer == expect_opt
     assert derived.lr == pytest.approx(round(0.256 * ranks, 3))
-    assert 1.0 <= derived.warmup_epochs <= 5.0
+    assert derived.warmup_epochs == expect_warmup  # 2 epochs per 4096 images, capped at 5
     assert any("linear scaling" in note for note in derived.notes)
 
 
