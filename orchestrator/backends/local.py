@@ -102,7 +102,7 @@ class LocalBackend(Backend):
 
     def status(self, record: JobRecord) -> JobRecord:
         record = JobRecord.load(record.path)
-        if not is_terminal(record.state) and not _alive(int(record.native_id or 0)):
+        if not is_terminal(record.state) and not pid_alive(int(record.native_id or 0)):
             record.state, record.detail = FAILED, "the supervisor process is gone (killed?)"
         return record
 
@@ -114,7 +114,8 @@ class LocalBackend(Backend):
         os.kill(int(record.native_id), signal.SIGTERM)  # the supervisor passes it on to the ranks
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie counts as gone)."""
     if pid <= 0:
         return False
     try:
