@@ -19,7 +19,7 @@ from jobs.checkpoint import read_run_info
 from orchestrator.backends.ray_backend import RayBackend
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records
-from tests.waiting import wait_state, wait_until
+from tests.waiting import status_logs_then_cancel, wait_state, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -96,12 +96,7 @@ def test_status_logs_and_cancel_on_a_real_ray_job(ray_profile, local_env, capsys
     record = list_records(local_env)[0]
     capsys.readouterr()
     wait_for_log(record, r"\[train\] epoch 1/50")
-    assert "RUNNING" in wait_state(record.job_id, capsys, {"RUNNING"})
-    assert main(["logs", record.job_id]) == 0
-    assert "[train] epoch 1/50" in capsys.readouterr().out
-    assert main(["cancel", record.job_id]) == 0
-    capsys.readouterr()
-    assert "CANCELLED" in wait_state(record.job_id, capsys, {"CANCELLED", "FAILED", "SUCCEEDED"})
+    status_logs_then_cancel(record.job_id, capsys)
 
 
 @pytest.mark.parametrize("recipe,extra,unit", [

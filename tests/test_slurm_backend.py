@@ -14,7 +14,7 @@ from jobs import status as exit_codes
 from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records
-from tests.waiting import wait_for_text, wait_state, wait_until
+from tests.waiting import status_logs_then_cancel, wait_for_text, wait_state, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -108,12 +108,7 @@ def test_status_logs_and_cancel_on_a_real_job(slurm_env, local_env, capsys):
     record = newest_record(local_env)
     capsys.readouterr()
     wait_for_text(slurm_log(record), "[train] epoch 1/")
-    assert "RUNNING" in wait_state(record.job_id, capsys, {"RUNNING"})
-    assert main(["logs", record.job_id]) == 0
-    assert "[train] epoch 1/50" in capsys.readouterr().out
-    assert main(["cancel", record.job_id]) == 0
-    capsys.readouterr()
-    assert "CANCELLED" in wait_state(record.job_id, capsys, {"CANCELLED", "FAILED", "SUCCEEDED"})
+    status_logs_then_cancel(record.job_id, capsys)
     wait_for_text(slurm_log(record), "[checkpoint]", timeout=60)  # the ranks saved their work on the way out
     assert latest_checkpoint(Path(record.checkpoint_dir)) is not None
 

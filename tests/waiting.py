@@ -36,3 +36,13 @@ def wait_state(job_id: str, capsys, states: set[str] = TERMINAL, timeout: float 
         return line if line.split()[1] in states else None
 
     return wait_until(status_line, f"job {job_id} in {sorted(states)}", timeout, every=1.0)
+
+
+def status_logs_then_cancel(job_id: str, capsys) -> None:
+    """On a running job: ``podrun status`` says RUNNING, ``logs`` shows training, ``cancel`` ends it."""
+    assert "RUNNING" in wait_state(job_id, capsys, {"RUNNING"})
+    assert main(["logs", job_id]) == 0
+    assert "[train] epoch 1/50" in capsys.readouterr().out
+    assert main(["cancel", job_id]) == 0
+    capsys.readouterr()
+    assert "CANCELLED" in wait_state(job_id, capsys, {"CANCELLED", "FAILED", "SUCCEEDED"})
