@@ -1,6 +1,7 @@
 # podrun: the two README commands.
 #   make demo   set everything up, build the digits data set, train ResNet-50 (tiny) on 2 CPU ranks
-#   make test   set everything up and run the test suite (what CI runs)
+#   make test   set everything up, check lint and the import layers, run the test suite (what CI runs)
+#   make lint   ruff and the import contract (orchestrator above jobs, backends independent)
 #   make horovod  build (once, then cached) and install Horovod 0.28.1 with the C++17 fix
 PYTHON ?= python3
 VENV   ?= .venv
@@ -8,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= data
 
-.PHONY: demo test setup bench clean ui horovod
+.PHONY: demo test lint setup bench clean ui horovod
 
 setup: $(STAMP)
 
@@ -27,14 +28,20 @@ demo: $(STAMP) $(DATA)/digits/train
 horovod: $(STAMP)
 	bash scripts/build-horovod.sh $(BIN)/python
 
+lint: $(STAMP)
+	$(BIN)/ruff check jobs orchestrator tests bench
+	$(BIN)/lint-imports
+
 test: $(STAMP)
 	bash scripts/install-test-deps.sh
 	bash scripts/build-horovod.sh $(BIN)/python
-	$(BIN)/python -m pytest -q
+	$(MAKE) lint
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/input_pipeline.py
 	$(BIN)/python bench/transformer_step.py --preset tiny
+	$(BIN)/python bench/launch_overhead.py
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.podrun/mlflow.db --port 5000

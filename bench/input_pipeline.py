@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.data import ImageLoader, build_loader  # noqa: E402
-from orchestrator.config import DataConfig  # noqa: E402
+from jobs.data.images import ImageLoader, build_loader  # noqa: E402
+from jobs.recipe import DataConfig  # noqa: E402
 from orchestrator.datasets import write_synthetic  # noqa: E402
 from orchestrator.errors import PodrunError  # noqa: E402
 

@@ -24,17 +24,18 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from jobs.data.parallel_text import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 from jobs.models.transformer import build_transformer  # noqa: E402
 from jobs.translation import label_smoothed_loss  # noqa: E402
 from orchestrator.resolve import load_recipe  # noqa: E402
-from orchestrator.translation_data import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,50 +15,15 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from jobs.errors import PodrunError
+from jobs.placement import RankInfo, free_port, slurm_rendezvous
+
 DEFAULT_TIMEOUT_S = 600
 _horovod = None  # the horovod.torch module once comm: horovod is initialised
-
-
-@dataclass(frozen=True)
-class RankInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def detect_rank_env(env: dict[str, str] | None = None) -> RankInfo:
-    """Read this process's rank from the environment (standard contract, then Slurm, else 1 rank)."""
-    env = dict(os.environ if env is None else env)
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return RankInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        return RankInfo(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
-    return RankInfo(0, 1, 0)
-
-
-def slurm_rendezvous(env: dict[str, str]) -> dict[str, str]:
-    """MASTER_ADDR/MASTER_PORT for a Slurm job step, unless already set.
-
-    The address is the first host of ``SLURM_JOB_NODELIST`` (Slurm's hostlist syntax);
-    the port is derived from the job id, so every rank computes the same one.
-    """
-    from orchestrator.hostlist import expand_hostlist
-
-    found = {}
-    if "MASTER_ADDR" not in env and env.get("SLURM_JOB_NODELIST"):
-        found["MASTER_ADDR"] = expand_hostlist(env["SLURM_JOB_NODELIST"])[0]
-    if "MASTER_PORT" not in env and env.get("SLURM_JOB_ID", "").isdigit():
-        found["MASTER_PORT"] = str(20000 + int(env["SLURM_JOB_ID"]) % 20000)
-    return found
 
 
 def init_distributed(info: RankInfo, device: torch.device, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
@@ -80,13 +45,6 @@ def init_distributed(info: RankInfo, device: torch.device, timeout_s: int = DEFA
         timeout=datetime.timedelta(seconds=timeout_s),
     )
     return backend
-
-
-def free_port() -> int:
-    """A TCP port that is free on this host right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def horovod():
@@ -121,8 +79,6 @@ def init_horovod(settings_env: dict[str, str]) -> RankInfo:
     try:
         import horovod.torch as hvd
     except ImportError as exc:
-        from orchestrator.errors import PodrunError
-
         raise PodrunError(f"comm: horovod needs Horovod ({exc}): build it with 'make horovod'") from None
     os.environ.update(settings_env)
     os.environ.update(horovod_env_from_slurm(dict(os.environ)))

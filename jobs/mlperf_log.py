@@ -33,7 +33,8 @@ from typing import Any
 from mlperf_logging.mllog import constants as C
 from mlperf_logging.mllog import mllog
 
-from orchestrator.config import Derivation, MlperfConfig, Recipe
+from jobs.job import Derivation
+from jobs.recipe import MlperfConfig, Recipe
 
 DEFAULT_RULESET = "3.1.0"
 CLOSED_END_LR = 0.0001  # closed_resnet_{sgd,lars}.yaml require exactly this end LR

@@ -13,7 +13,8 @@ import math
 import torch
 from torch import nn
 
-from orchestrator.config import Derivation, OptimConfig, ScheduleConfig
+from jobs.job import Derivation
+from jobs.recipe import OptimConfig, ScheduleConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_bn_bias: bool) -> list[dict]:

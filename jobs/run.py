@@ -12,38 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from jobs import status
-from orchestrator.config import ResolvedJob, read_yaml, validate
-from orchestrator.errors import PodrunError
-
-
-def load_resolved(path: Path) -> ResolvedJob:
-    """Read the launcher's resolved config.
-
-    Raises:
-        ConfigError: the file is missing or does not match this version of podrun.
-    """
-    return validate(ResolvedJob, read_yaml(path), str(path))
-
-
-def write_resolved(job: ResolvedJob, path: Path) -> None:
-    """Write a resolved config that :func:`load_resolved` reads back."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False))
-
-
-def apply_array_task(job: ResolvedJob, env: dict[str, str]) -> ResolvedJob:
-    """Give each task of a Slurm job array (repeated runs, MLPerf's NEXP) its own seed and folders."""
-    task = env.get("SLURM_ARRAY_TASK_ID")
-    if not task:
-        return job
-    job = job.model_copy(deep=True)
-    job.recipe.train.seed += int(task)
-    job.checkpoint_dir = str(Path(job.checkpoint_dir) / f"array-{task}")
-    job.job_dir = str(Path(job.job_dir) / f"array-{task}")
-    return job
+from jobs import exit_codes
+from jobs.errors import PodrunError
+from jobs.job import ResolvedJob, apply_array_task, load_resolved
+from jobs.placement import detect_rank_env
 
 
 def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = None) -> int:
@@ -52,15 +24,31 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
     ``hooks`` and ``resume_from`` let a backend (Ray Train) see checkpoints and pick the
     one to resume from; see :class:`jobs.train.Trainer`.
     """
+    job = apply_array_task(job, dict(os.environ))
+    early = detect_rank_env()
+    # Rank 0 starts its MLflow sender before importing torch, so MLflow's own start-up
+    # (seconds of imports and store set-up, in another process) overlaps torch's.
+    tracker = None
+    if early.is_main:
+        from jobs.run_tracking import open_tracker
+
+        tracker = open_tracker(job)
+    try:
+        return _run_rank(job, hooks, resume_from, tracker)
+    finally:
+        if tracker is not None:
+            tracker.close()  # after a crash: the sender sends what there is and stops
+
+
+def _run_rank(job: ResolvedJob, hooks: Any, resume_from: Path | None, tracker: Any) -> int:
     import torch
     import torch.distributed as dist
 
-    from jobs.dist import barrier, detect_rank_env, init_distributed, init_horovod
+    from jobs.dist import barrier, init_distributed, init_horovod
     from jobs.train import Trainer
 
-    horovod = job.job.comm == "horovod"
+    horovod = job.comm == "horovod"
     info = init_horovod(horovod_settings(job)) if horovod else detect_rank_env()
-    job = apply_array_task(job, dict(os.environ))
     print(f"[rank {info.rank}/{info.world_size}] pid {os.getpid()} on {socket.gethostname()}", flush=True)
     if job.device == "cuda":
         device = torch.device("cuda", info.local_rank)
@@ -73,7 +61,9 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
     if not horovod:
         init_distributed(info, device)
     try:
-        code = Trainer(job, info, device, hooks=hooks, resume_from=resume_from).run()
+        trainer = Trainer(job, info, device, hooks=hooks, resume_from=resume_from,
+                          tracker=tracker if info.is_main else None)
+        code = trainer.run()
         # Leave together: under srun --kill-on-bad-exit a rank that exits first (code 3 after a
         # preemption checkpoint) would get the others killed while rank 0 still talks to MLflow.
         barrier()
@@ -85,7 +75,7 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
 
 def horovod_settings(job: ResolvedJob) -> dict[str, str]:
     """The job's Horovod options as the environment ``hvd.init()`` reads."""
-    cfg = job.job.horovod
+    cfg = job.horovod
     env = {"HOROVOD_FUSION_THRESHOLD": str(cfg.fusion_threshold_mb * 1024 * 1024),
            "HOROVOD_CYCLE_TIME": str(cfg.cycle_time_ms)}
     if cfg.hierarchical_allreduce:
@@ -99,16 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m jobs.run CONFIG  (a config.resolved.yaml written by podrun)", file=sys.stderr)
-        return status.FAILED
+        return exit_codes.FAILED
     try:
         code = run_rank(load_resolved(Path(args[0])))
     except PodrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return status.FAILED
+        return exit_codes.FAILED
     # horovodrun stops every rank when one exits non-zero: report "not reached" or "preempted"
     # through outcome.json instead (the local backend reads it).
-    if os.environ.get("PODRUN_EXIT_ZERO") and code != status.FAILED:
-        return status.SUCCESS
+    if os.environ.get("PODRUN_EXIT_ZERO") and code != exit_codes.FAILED:
+        return exit_codes.SUCCESS
     return code
 
 

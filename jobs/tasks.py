@@ -6,15 +6,16 @@ task only answers the recipe-specific questions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from jobs.dist import all_reduce_sum
+from jobs.job import ResolvedJob
 from jobs.mlperf_log import MlperfLogger, log_resnet_hparams
-from orchestrator.config import ResolvedJob
 
 
 class Loader(Protocol):
@@ -61,7 +62,7 @@ class ImageClassification:
         return build_resnet(self.recipe.model)
 
     def build_loaders(self, rank: int, world_size: int) -> tuple[Loader, Loader]:
-        from jobs.data import build_loader
+        from jobs.data.images import build_loader
 
         common = dict(
             data_dir=Path(self.job.data_dir),

@@ -7,7 +7,7 @@ on a resolved config that ``podrun render`` wrote::
 
 Only rank 0 logs to MLflow and MLPerf, and writes checkpoints. SIGUSR2 or SIGTERM sets a
 flag; at the next step boundary every rank agrees to stop, rank 0 writes a checkpoint
-and the ranks exit with :data:`jobs.status.PREEMPTED`, ready to resume.
+and the ranks exit with :data:`jobs.exit_codes.PREEMPTED`, ready to resume.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from jobs import status
+from jobs import exit_codes
 from jobs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from jobs.dist import RankInfo, all_gather_object, all_reduce_sum, any_rank, gather_hosts, horovod
+from jobs.dist import all_gather_object, all_reduce_sum, any_rank, gather_hosts, horovod
+from jobs.job import ResolvedJob
 from jobs.mlperf_log import MlperfLogger, log_submission
 from jobs.optim import build_optimizer, learning_rate, set_learning_rate
+from jobs.placement import RankInfo
 from jobs.progress import ProgressLine, format_eta
+from jobs.run_tracking import RunTracking
 from jobs.tasks import build_task
-from jobs.tracking_setup import RunTracking
-from orchestrator.config import ResolvedJob
 
 
 class Window:
@@ -110,7 +111,7 @@ class Trainer:
     """Runs one recipe on one rank from start (or the latest checkpoint) to its target."""
 
     def __init__(self, job: ResolvedJob, info: RankInfo, device: torch.device, hooks: Any = None,
-                 resume_from: Path | None = None) -> None:
+                 resume_from: Path | None = None, tracker: Any = None) -> None:
         self.job, self.info, self.device = job, info, device
         self.hooks = hooks  # optional: checkpointed(path, state) and finished(code, state) on every rank
         self.recipe = job.recipe
@@ -140,7 +141,7 @@ class Trainer:
         if self.hvd is not None:  # every rank starts from rank 0's state
             self.hvd.broadcast_parameters(self.module.state_dict(), root_rank=0)
             self.hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
-        self.tracking = RunTracking(job, info, self.resumed_from) if info.is_main else None
+        self.tracking = RunTracking(job, info, self.resumed_from, tracker) if info.is_main else None
 
     # ------------------------------------------------------------------ set-up
 
@@ -169,7 +170,7 @@ class Trainer:
         """Horovod's DistributedOptimizer on the Horovod path; DDP needs no wrapper."""
         if self.hvd is None:
             return optimizer
-        compression = self.hvd.Compression.fp16 if self.job.job.horovod.fp16_compression else self.hvd.Compression.none
+        compression = self.hvd.Compression.fp16 if self.job.horovod.fp16_compression else self.hvd.Compression.none
         return self.hvd.DistributedOptimizer(optimizer, named_parameters=self.module.named_parameters(),
                                              compression=compression,
                                              backward_passes_per_step=self.job.derived.update_freq)
@@ -216,10 +217,10 @@ class Trainer:
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
-        """Train to the target or the last epoch; return a :mod:`jobs.status` exit code."""
+        """Train to the target or the last epoch; return a :mod:`jobs.exit_codes` exit code."""
         self.stop.install()
         self._start_logs()
-        code = status.FAILED
+        code = exit_codes.FAILED
         try:
             code = self._train()
         finally:
@@ -241,24 +242,24 @@ class Trainer:
     def _platform(self) -> str:
         gpus = self.job.tasks_per_node if self.device.type == "cuda" else 0
         what = f"{gpus}x{torch.cuda.get_device_name(0)}" if gpus else f"{self.job.tasks_per_node}xCPU"
-        return f"{self.job.job.nodes}x{socket.gethostname()}({what})"
+        return f"{self.job.nodes}x{socket.gethostname()}({what})"
 
     def _train(self) -> int:
         for epoch in range(self.state["epoch"], self.recipe.train.epochs):
             self.mllog.start("block_start", metadata={"first_epoch_num": epoch + 1, "epoch_count": 1})
             self.mllog.start("epoch_start", metadata={"epoch_num": epoch + 1})
             if not self._train_epoch(epoch):
-                return status.PREEMPTED
+                return exit_codes.PREEMPTED
             self.mllog.end("epoch_stop", metadata={"epoch_num": epoch + 1})
             self.state.update(epoch=epoch + 1, step_in_epoch=0)
             reached = self._maybe_evaluate(epoch)
             self.mllog.end("block_stop", metadata={"first_epoch_num": epoch + 1})
             if reached:
                 self._checkpoint()
-                return status.SUCCESS
+                return exit_codes.SUCCESS
             if self._checkpoint_due(epoch):
                 self._checkpoint()
-        return status.NOT_REACHED
+        return exit_codes.NOT_REACHED
 
     def _checkpoint_due(self, epoch: int) -> bool:
         every = self.recipe.train.checkpoint_every
@@ -308,7 +309,7 @@ class Trainer:
             self.state["global_step"] += 1
         return loss.detach(), items
 
-    def _report(self, epoch: int, step: int, loss: float, window: "Window") -> None:
+    def _report(self, epoch: int, step: int, loss: float, window: Window) -> None:
         """Progress line and metrics; a collective (every rank calls it at the same step)."""
         items, = all_reduce_sum([float(window.items)], self.device)
         self.state["items"] += int(items)
@@ -355,11 +356,11 @@ class Trainer:
 
     def _finish(self, code: int) -> None:
         time_to_train = self._elapsed()
-        if code in (status.SUCCESS, status.NOT_REACHED):
-            self.mllog.end("run_stop", metadata={"status": "success" if code == status.SUCCESS else "aborted"})
+        if code in (exit_codes.SUCCESS, exit_codes.NOT_REACHED):
+            self.mllog.end("run_stop", metadata={"status": "success" if code == exit_codes.SUCCESS else "aborted"})
         if self.info.is_main:
-            status.write_outcome(self.job_dir, code)
-            say(f"[done] {status.DESCRIPTIONS.get(code, 'failed')}: time to train {time_to_train:.1f} s,"
+            exit_codes.write_outcome(self.job_dir, code)
+            say(f"[done] {exit_codes.DESCRIPTIONS.get(code, 'failed')}: time to train {time_to_train:.1f} s,"
                 f" best {self.task.metric} {self.state['best_metric']:.4f}")
         if self.tracking:
             self.tracking.finish(code, time_to_train, self.state, self.mllog.path, self.task.unit)

@@ -33,11 +33,12 @@ import torch.nn.functional as F
 from mlperf_logging.mllog import constants as C
 from torch import nn
 
+from jobs.data.parallel_text import BOS_ID, EOS_ID, PAD_ID
+from jobs.data.text import TextBatch, TextLoader, build_text_loader, load_tokenizer
 from jobs.dist import all_gather_object, horovod
+from jobs.job import Derivation, ResolvedJob
 from jobs.mlperf_log import MlperfLogger, run_compliance_checker
-from jobs.text import TextBatch, TextLoader, build_text_loader, load_tokenizer
-from orchestrator.config import Derivation, Recipe, ResolvedJob
-from orchestrator.translation_data import BOS_ID, EOS_ID, PAD_ID
+from jobs.recipe import Recipe
 
 LENGTH_PENALTY = 0.6  # beam search: NVIDIA's MLPerf transformer (fairseq --lenpen 0.6)
 V06_SUBMISSION_POC_NAME = "submission_poc_name"  # required by ruleset 0.6.0 only

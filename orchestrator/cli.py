@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from orchestrator.backends import BACKENDS, get_backend
 from orchestrator.errors import PodrunError
 
 EXIT_USAGE = 2
@@ -25,7 +26,7 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="a job spec (recipes/jobs/*.yaml) or RECIPE[:PRESET], e.g. resnet50:tiny")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key (train.epochs=5), a job key (nodes=2) or profile.KEY")
-    parser.add_argument("--backend", choices=["local", "slurm", "ray"], help="default: the profile's scheduler")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), help="default: the profile's scheduler")
     parser.add_argument("--on", choices=["slurm"], dest="on",
                         help="with --backend ray: start a Ray cluster inside a Slurm allocation and run there")
     parser.add_argument("--cluster-file", help="default: $PODRUN_CLUSTER_FILE, ./cluster.yaml, the bundled one")
@@ -34,7 +35,8 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="podrun", description="Launch training recipes from one machine to a SuperPOD.")
+    parser = argparse.ArgumentParser(prog="podrun",
+                                     description="Launch training recipes from one machine to a SuperPOD.")
     sub = parser.add_subparsers(dest="command", required=True)
     launch = sub.add_parser("launch", help="run a job")
     _job_arguments(launch)
@@ -96,32 +98,29 @@ def _resolve(args: argparse.Namespace):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from orchestrator.backends.base import get_backend
-
-    job = _resolve(args)
-    print(get_backend(_scheduler(job, args)).render(job), end="")
+    plan = _resolve(args)
+    print(get_backend(_scheduler(plan, args)).render(plan), end="")
     return 0
 
 
-def _scheduler(job, args: argparse.Namespace) -> str:
+def _scheduler(plan, args: argparse.Namespace) -> str:
     """The backend that starts the job: its own, or Slurm for ``--backend ray --on slurm``."""
     if args.on:
-        if job.backend != "ray":
+        if plan.backend != "ray":
             raise PodrunError("--on slurm goes with --backend ray (Ray inside a Slurm allocation)")
         return "slurm"
-    return job.backend
+    return plan.backend
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from orchestrator.backends.base import get_backend
     from orchestrator.console import follow_job
 
-    job = _resolve(args)
-    backend = get_backend(_scheduler(job, args))
-    _check_data(job)
-    record = backend.submit(job)
-    print(f"submitted {record.job_id} ({record.backend} {record.native_id}, {job.world_size} ranks)"
-          f"  logs: {record.job_dir}/logs")
+    plan = _resolve(args)
+    backend = get_backend(_scheduler(plan, args))
+    _check_data(plan.job)
+    record = backend.submit(plan)
+    print(f"submitted {record.job_id} ({record.backend} {record.native_id}, {plan.job.world_size} ranks)"
+          f"  logs: {record.job_dir}/logs", flush=True)
     if args.detach:
         print(f"follow it with: podrun logs {record.job_id} -f")
         return 0
@@ -134,7 +133,7 @@ def _check_data(job) -> None:
     if job.backend != "local" or getattr(job.recipe.data, "backend", None) == "synthetic":
         return
     if job.recipe.data.kind == "parallel_text":
-        from orchestrator.translation_data import split_paths
+        from jobs.data.parallel_text import split_paths
 
         missing = [p for p in split_paths(Path(job.data_dir), job.recipe.data.train_split, job.recipe.data)
                    if not p.is_file()]
@@ -150,7 +149,6 @@ def _check_data(job) -> None:
 
 
 def _record(job_id: str):
-    from orchestrator.backends.base import get_backend
     from orchestrator.jobstore import find_record
     from orchestrator.resolve import podrun_home
 
@@ -180,7 +178,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from orchestrator.backends.base import get_backend
     from orchestrator.jobstore import list_records
     from orchestrator.resolve import podrun_home
 
@@ -194,12 +191,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
         except PodrunError:
             pass
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.submitted_at))
-        print(f"{record.job_id:<44} {record.state:<10} {record.backend:<6} {record.world_size:>4} ranks  {when}  {record.detail}")
+        print(f"{record.job_id:<44} {record.state:<10} {record.backend:<6} {record.world_size:>4} ranks  {when}  "
+              f"{record.detail}")
     return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from jobs.tracking import replay_spool, spool_pending
+    from jobs.spool import spool_pending
+    from jobs.tracker import replay_spool
 
     _, record = _record(args.job_id)
     spool = Path(record.job_dir) / "mlflow-spool"
@@ -217,7 +216,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.dataset == "digits":
         summary = datasets.write_digits(args.dir, image_size=args.image_size, overwrite=args.overwrite)
     elif args.dataset == "translation-toy":
-        from orchestrator.translation_data import write_translation_toy
+        from orchestrator.translation_toy import write_translation_toy
 
         summary = write_translation_toy(args.dir, train_pairs=args.train_pairs, valid_pairs=args.valid_pairs,
                                         test_pairs=args.test_pairs, seed=args.seed, overwrite=args.overwrite)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from jobs import status as exit_codes
-from jobs.checkpoint import read_run_info
+from jobs import exit_codes
+from jobs.checkpoint_index import read_run_info
 from jobs.progress import parse_progress
-from jobs.tracking import spool_pending
+from jobs.spool import spool_pending
 from orchestrator.backends.base import Backend
 from orchestrator.jobstore import SUCCEEDED, JobRecord
 
@@ -19,7 +19,7 @@ from orchestrator.jobstore import SUCCEEDED, JobRecord
 def follow_job(backend: Backend, record: JobRecord) -> int:
     """Show rank 0's output until the job ends; Ctrl-C cancels it (after a checkpoint).
 
-    Returns the job's exit code (see :mod:`jobs.status`).
+    Returns the job's exit code (see :mod:`jobs.exit_codes`).
     """
     console = Console()
     try:

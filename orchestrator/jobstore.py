@@ -56,7 +56,7 @@ class JobRecord:
         os.replace(tmp, self.path)
 
     @classmethod
-    def load(cls, path: Path) -> "JobRecord":
+    def load(cls, path: Path) -> JobRecord:
         return cls(**json.loads(Path(path).read_text()))
 
 

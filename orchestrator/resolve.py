@@ -1,7 +1,8 @@
 """Resolve a job: find and merge the job spec, recipe, preset, profile and overrides.
 
-``load_job`` is the one place where the three kinds of file meet. Its result, a
-:class:`ResolvedJob`, is written next to the job's logs and is all a rank reads.
+``load_job`` is the one place where the three kinds of file meet. Its result is a
+:class:`LaunchPlan`; its ``job`` (a :class:`jobs.job.ResolvedJob`) is written next to the
+job's logs and is all a rank reads.
 """
 
 from __future__ import annotations
@@ -13,20 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import (
-    REPO_ROOT,
-    ClusterFile,
-    ClusterProfile,
-    JobSpec,
-    Recipe,
-    ResolvedJob,
-    deep_merge,
-    parse_set,
-    read_yaml,
-    set_dotted,
-    validate,
-)
+from jobs.checkpoint_index import latest_checkpoint
+from jobs.config_io import deep_merge, parse_set, read_yaml, set_dotted, validate
+from jobs.job import ResolvedJob
+from jobs.recipe import Recipe
 from orchestrator.errors import ConfigError
+from orchestrator.jobspec import JobSpec, LaunchPlan
+from orchestrator.profiles import REPO_ROOT, ClusterProfile, cluster_file_path, load_profiles
 from orchestrator.scaling import derive
 
 JOB_FIELDS = set(JobSpec.model_fields) - {"overrides"}
@@ -35,26 +29,6 @@ JOB_FIELDS = set(JobSpec.model_fields) - {"overrides"}
 def podrun_home() -> Path:
     """Where job records, the default MLflow store and checkpoints live (``$PODRUN_HOME``)."""
     return Path(os.environ.get("PODRUN_HOME", ".podrun")).resolve()
-
-
-def cluster_file_path(explicit: str | None = None) -> Path:
-    """The cluster file: ``--cluster-file``, ``$PODRUN_CLUSTER_FILE``, ./cluster.yaml, or the bundled one."""
-    for candidate in (explicit, os.environ.get("PODRUN_CLUSTER_FILE"), "cluster.yaml"):
-        if candidate and (explicit == candidate or Path(candidate).is_file()):
-            return Path(candidate)
-    return REPO_ROOT / "cluster.yaml"
-
-
-def load_profiles(path: Path) -> dict[str, ClusterProfile]:
-    """Load every profile of a cluster file.
-
-    Raises:
-        ConfigError: the file is missing, malformed or has invalid keys.
-    """
-    cluster = validate(ClusterFile, read_yaml(path), str(path))
-    for name, profile in cluster.profiles.items():
-        profile.name = name
-    return cluster.profiles
 
 
 def recipe_path(name: str) -> Path:
@@ -147,8 +121,8 @@ def load_job(
     backend: str | None = None,
     job_id: str | None = None,
     resume: str | None = None,
-) -> ResolvedJob:
-    """Resolve a job reference (a job spec file or ``RECIPE[:PRESET]``) into a :class:`ResolvedJob`.
+) -> LaunchPlan:
+    """Resolve a job reference (a job spec file or ``RECIPE[:PRESET]``) into a :class:`LaunchPlan`.
 
     ``resume`` is ``"latest"`` or a previous job id: the new job continues that job's
     checkpoints and MLflow run.
@@ -168,22 +142,28 @@ def load_job(
     job_id = job_id or new_job_id(spec.name)
     checkpoint_dir = _checkpoint_dir(profile, spec.name, job_id, resume)
     state_dir = _absolute(profile, profile.state_dir) if profile.state_dir else podrun_home()
-    return ResolvedJob(
-        job=spec,
-        recipe=recipe,
-        profile=profile,
-        backend=chosen_backend,
+    job = ResolvedJob(
         job_id=job_id,
+        name=spec.name,
+        recipe=recipe,
+        preset=spec.preset,
+        cluster=profile.name,
+        backend=chosen_backend,
+        nodes=spec.nodes,
         tasks_per_node=tasks,
         world_size=world,
         device="cuda" if _gpus(profile, chosen_backend) else "cpu",
+        comm=spec.comm,
+        horovod=spec.horovod,
         derived=derived,
         data_dir=str(_absolute(profile, profile.data_root) / recipe.data.dataset),
         checkpoint_dir=str(checkpoint_dir),
         job_dir=str(state_dir / "jobs" / job_id),
         tracking_uri=tracking_uri(profile),
+        experiment=profile.mlflow.experiment or recipe.name,
         git_sha=git_sha(),
     )
+    return LaunchPlan(spec=spec, profile=profile, job=job)
 
 
 def tracking_uri(profile: ClusterProfile) -> str:
@@ -207,12 +187,20 @@ def _gpus(profile: ClusterProfile, backend: str) -> int:
     if profile.gpus_per_node != "auto":
         return profile.gpus_per_node
     if backend != "local":
-        raise ConfigError(f"profile '{profile.name}': gpus_per_node: auto only works with the local backend; set a count")
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count()
+        raise ConfigError(f"profile '{profile.name}': gpus_per_node: auto only works with the local backend; "
+                          "set a count")
+    return visible_gpus()
+
+
+def visible_gpus() -> int:
+    """GPUs this machine's ranks would see, without importing torch (seconds at every launch).
+
+    ``CUDA_VISIBLE_DEVICES`` when set, else the driver's device files (``/dev/nvidia0``, ...).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len([p for p in Path("/dev").glob("nvidia[0-9]*") if p.name[6:].isdigit()])
 
 
 def _tasks_per_node(spec: JobSpec, profile: ClusterProfile, backend: str) -> int:
@@ -247,8 +235,6 @@ def _checkpoint_dir(profile: ClusterProfile, name: str, job_id: str, resume: str
         if not (root / resume).is_dir():
             raise ConfigError(f"--resume {resume}: no checkpoints at {root / resume}")
         return root / resume
-    from jobs.checkpoint import latest_checkpoint  # lazy: torch is slow to import
-
     candidates = sorted((d for d in root.glob("*") if d.is_dir() and latest_checkpoint(d)),
                         key=lambda d: d.stat().st_mtime)
     if not candidates:

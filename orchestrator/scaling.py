@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 
-from orchestrator.config import Derivation, Recipe
+from jobs.job import Derivation
+from jobs.recipe import Recipe
 from orchestrator.errors import ConfigError
 
 WARMUP_EPOCHS_PER_4K = 2.0
@@ -106,5 +107,6 @@ def _warmup(recipe: Recipe, global_batch: int, notes: list[str]) -> float:
         notes.append(f"warmup {pinned} epochs pinned")
         return pinned
     warmup = round(min(MAX_WARMUP_EPOCHS, max(1.0, WARMUP_EPOCHS_PER_4K * global_batch / 4096)), 2)
-    notes.append(f"warmup {warmup} epochs = {WARMUP_EPOCHS_PER_4K} per 4096 images of global batch, 1..{MAX_WARMUP_EPOCHS}")
+    notes.append(f"warmup {warmup} epochs = {WARMUP_EPOCHS_PER_4K} per 4096 images of global batch, "
+                 f"1..{MAX_WARMUP_EPOCHS}")
     return warmup

@@ -9,14 +9,13 @@ every call of a command.
 from __future__ import annotations
 
 import shlex
-import socket
 import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.config import LoginConfig
 from orchestrator.errors import BackendError
+from orchestrator.profiles import LoginConfig
 
 
 @dataclass
@@ -113,7 +112,7 @@ class SSHTunnel(Tunnel):
                     f"ssh-keyscan -p {self.login.port} {self.login.host} >> {known_hosts}"
                 ) from None
             raise BackendError(f"SSH to {self.where} failed: {exc}") from None
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             raise BackendError(f"cannot reach login host {self.where}: {exc}") from None
         self._client = client
         return client

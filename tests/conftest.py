@@ -25,7 +25,7 @@ def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def translation_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root holding ``translation-toy/`` (two artificial languages) and its tokenizer."""
-    from orchestrator.translation_data import write_translation_toy
+    from orchestrator.translation_toy import write_translation_toy
 
     root = tmp_path_factory.mktemp("text")
     write_translation_toy(root / "translation-toy")

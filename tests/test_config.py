@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from jobs.recipe import Recipe
 from orchestrator.cli import main
-from orchestrator.config import ClusterProfile, Recipe
+from orchestrator.profiles import ClusterProfile
 from orchestrator.resolve import load_job
 from orchestrator.scaling import derive
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.data import ImageLoader, build_loader
-from orchestrator.config import DataConfig
+from jobs.data.images import ImageLoader, build_loader
+from jobs.recipe import DataConfig
 from orchestrator.datasets import write_digits, write_synthetic
 from orchestrator.errors import DataError
 
@@ -178,8 +178,8 @@ FRESH_PROCESS = """
 import sys, hashlib, torch
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from jobs.data import build_loader
-from orchestrator.config import DataConfig
+from jobs.data.images import build_loader
+from jobs.recipe import DataConfig
 cfg = DataConfig(backend={backend!r}, image_size=16, val_resize=20, workers=2)
 loader = build_loader(cfg, "train", data_dir=Path({data!r}), rank=0, world_size=2, batch_size=4, seed=7,
                       device=torch.device("cpu"), channels_last=True, num_classes=64)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from jobs import status as exit_codes
+from jobs import exit_codes
 from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
 from jobs.mlperf_log import run_compliance_checker
 from orchestrator.cli import main
@@ -135,7 +135,7 @@ def test_rendered_script_runs_on_its_own(local_env, capsys, tmp_path):
     import os
     import subprocess
 
-    from jobs.dist import free_port
+    from jobs.placement import free_port
 
     assert main(["render", JOB, "--set", "train.epochs=1", "--set", "eval.target=1.0"]) == 0
     script = tmp_path / "job.sh"
@@ -192,7 +192,8 @@ def test_transformer_reaches_its_bleu_target_with_mlflow_and_mllog(text_env, cap
     metrics = run.data.metrics
     assert metrics["eval_bleu"] >= 60.0 and metrics["time_to_train_s"] > 0
     assert metrics["mean_throughput_tok_per_s"] > 0 and metrics["throughput_tok_per_s"] > 0
-    assert run.data.params["optimizer"] == "adam" and client.get_experiment(run.info.experiment_id).name == "transformer"
+    assert run.data.params["optimizer"] == "adam"
+    assert client.get_experiment(run.info.experiment_id).name == "transformer"
     passed, output = check_compliance(Path(record.job_dir) / "mlperf.log", "0.6.0")
     assert passed, output
 

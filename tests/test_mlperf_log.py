@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.job import Derivation
 from jobs.mlperf_log import (
     MlperfLogger,
     closed_division_problems,
@@ -14,7 +15,7 @@ from jobs.mlperf_log import (
     log_submission,
     run_compliance_checker,
 )
-from orchestrator.config import Derivation, Recipe
+from jobs.recipe import Recipe
 
 STEPS_PER_EPOCH = 40
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from jobs import status as exit_codes
-from jobs.checkpoint import read_run_info
+from jobs import exit_codes
+from jobs.checkpoint_index import read_run_info
 from orchestrator.backends.ray_backend import RayBackend
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records
@@ -59,14 +59,15 @@ def test_ray_job_submit_cli_runs_the_recipe_to_its_target(ray_profile, ray_clust
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_cluster.dashboard_url,
          "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
-         sys.executable, "-m", "jobs.ray_train", *JOB],
+         sys.executable, "-m", "orchestrator.ray_job", *JOB],
         env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "[ray] finished: reached target" in out and "[done] reached target" in out
     assert ray_cluster.token not in out
     (run_info,) = (tmp_path / "checkpoints" / "resnet50-tiny").glob("*/run.json")
-    run = MlflowClient(f"sqlite:///{local_env / 'mlflow.db'}").get_run(json.loads(run_info.read_text())["mlflow_run_id"])
+    run_id = json.loads(run_info.read_text())["mlflow_run_id"]
+    run = MlflowClient(f"sqlite:///{local_env / 'mlflow.db'}").get_run(run_id)
     assert run.data.metrics["time_to_train_s"] > 0 and run.data.params["backend"] == "ray"
     assert run.data.params["world_size"] == "2"
     assert not any(ray_cluster.token in value for value in {**run.data.params, **run.data.tags}.values())

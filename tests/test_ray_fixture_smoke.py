@@ -14,7 +14,6 @@ import pytest
 from tests.fixtures.ray_cluster import AUTH_VARS, RayCluster
 
 
-
 def no_token_env(home: Path) -> dict[str, str]:
     """An environment with no Ray token anywhere: no auth variables, and a HOME without ``.ray/``."""
     env = {key: value for key, value in os.environ.items() if key not in AUTH_VARS}

@@ -10,7 +10,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from jobs import status as exit_codes
+from jobs import exit_codes
 from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records

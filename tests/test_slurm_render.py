@@ -9,10 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs.placement import expand_hostlist
 from orchestrator import resolve
-from orchestrator.backends.slurm import SLURM_STATES, SlurmBackend, parse_sbatch_id, parse_scontrol, render_sbatch, sbatch_value
+from orchestrator.backends.slurm import (
+    SLURM_STATES,
+    SlurmBackend,
+    parse_sbatch_id,
+    parse_scontrol,
+    render_sbatch,
+    sbatch_value,
+)
 from orchestrator.errors import ConfigError
-from orchestrator.hostlist import expand_hostlist
 from orchestrator.jobstore import FAILED, PENDING, RUNNING, SUCCEEDED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,7 +113,8 @@ def test_hostlist_malformed():
 
 def test_parsers_and_state_table():
     assert parse_sbatch_id("4242\n") == "4242" and parse_sbatch_id("17;cluster\n") == "17"
-    fields = parse_scontrol("JobId=7 JobName=x JobState=COMPLETED Reason=None ExitCode=2:0 Restarts=1 NodeList=node[1-2]")
+    fields = parse_scontrol("JobId=7 JobName=x JobState=COMPLETED Reason=None ExitCode=2:0 Restarts=1 "
+                            "NodeList=node[1-2]")
     assert fields["JobState"] == "COMPLETED" and fields["ExitCode"] == "2:0" and fields["NodeList"] == "node[1-2]"
     assert SLURM_STATES["REQUEUED"] == PENDING and SLURM_STATES["COMPLETING"] == RUNNING
     assert SLURM_STATES["COMPLETED"] == SUCCEEDED and SLURM_STATES["TIMEOUT"] == FAILED

@@ -1,4 +1,4 @@
-"""jobs.tracking against a real sqlite store and a real `mlflow server` that comes and goes."""
+"""jobs.tracker against a real sqlite store and a real `mlflow server` that comes and goes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from jobs.tracking import SpoolError, Tracker, replay_spool, sanitize_key, secret_reason
+from jobs.secret_filter import sanitize_key, secret_reason
+from jobs.spool import SpoolError
+from jobs.tracker import Tracker, replay_spool
 
 SERVER_START_TIMEOUT_S = 90
 

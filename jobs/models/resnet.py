@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from orchestrator.config import ModelConfig
+from jobs.recipe import ModelConfig
 
 EXPANSION = 4
 

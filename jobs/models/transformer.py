@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from orchestrator.config import TransformerConfig
+from jobs.recipe import TransformerConfig
 
 Cache = list[dict[str, Tensor]]  # one dict per decoder layer: self_k, self_v, cross_k, cross_v
 
@@ -147,7 +147,8 @@ class Transformer(nn.Module):
         self.cfg, self.pad_id, self.vocab_size = cfg, pad_id, vocab_size
         self.embed_scale = math.sqrt(cfg.d_model)
         self.embed = nn.Embedding(vocab_size, cfg.d_model, padding_idx=pad_id)
-        self.decoder_embed = self.embed if cfg.share_embeddings else nn.Embedding(vocab_size, cfg.d_model, padding_idx=pad_id)
+        shared = cfg.share_embeddings
+        self.decoder_embed = self.embed if shared else nn.Embedding(vocab_size, cfg.d_model, padding_idx=pad_id)
         self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False)
         self.dropout = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))

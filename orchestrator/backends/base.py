@@ -1,38 +1,34 @@
-"""The Backend interface: render / submit / status / logs / cancel.
+"""The Backend interface: render / schedule / status / logs / stop.
 
-A backend only decides how ranks start. ``submit`` is ``render`` plus scheduling, so
-``podrun render`` prints exactly what ``podrun launch`` runs.
+A backend only decides how ranks start; every rank runs ``python -m jobs.run`` (or the
+Ray worker) on the same resolved job. ``submit`` is ``render`` plus ``schedule``, so
+``podrun render`` prints exactly what ``podrun launch`` runs. A new backend subclasses
+:class:`Backend`, fills in the five abstract methods, and registers one line in
+:data:`orchestrator.backends.BACKENDS`.
 """
 
 from __future__ import annotations
 
-import importlib
 import shlex
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from jobs.run import write_resolved
-from orchestrator.config import ResolvedJob
+from jobs.job import CONFIG_FILE, dump_resolved, write_resolved
 from orchestrator.errors import BackendError, PodrunError
+from orchestrator.jobspec import PLAN_FILE, LaunchPlan, write_plan
 from orchestrator.jobstore import FAILED, JobRecord, is_terminal
-
-BACKENDS = {
-    "local": "orchestrator.backends.local:LocalBackend",
-    "slurm": "orchestrator.backends.slurm:SlurmBackend",
-    "ray": "orchestrator.backends.ray_backend:RayBackend",
-}
 
 
 class Backend(ABC):
     name: str
 
     @abstractmethod
-    def render(self, job: ResolvedJob) -> str:
+    def render(self, plan: LaunchPlan) -> str:
         """What would run, as a readable script."""
 
     @abstractmethod
-    def schedule(self, job: ResolvedJob, record: JobRecord) -> None:
+    def schedule(self, plan: LaunchPlan, record: JobRecord) -> None:
         """Start the rendered job; fill in ``record.native_id``."""
 
     @abstractmethod
@@ -58,25 +54,26 @@ class Backend(ABC):
             raise BackendError(f"job {record.job_id} already ended ({record.state})")
         self.stop(record)
 
-    def submit(self, job: ResolvedJob) -> JobRecord:
-        """Write the job's files (resolved config, rendered script, record), then schedule it.
+    def submit(self, plan: LaunchPlan) -> JobRecord:
+        """Write the job's files (resolved config, plan, rendered script, record), then schedule it.
 
         The record and a copy of the files stay here, under ``$PODRUN_HOME/jobs/<id>``,
         whatever cluster runs the job.
         """
         from orchestrator.resolve import podrun_home
 
-        job_dir = podrun_home() / "jobs" / job.job_id
-        write_resolved(job, job_dir / "config.resolved.yaml")
-        (job_dir / "render.txt").write_text(self.render(job))
+        job, job_dir = plan.job, podrun_home() / "jobs" / plan.job_id
+        write_resolved(job, job_dir / CONFIG_FILE)
+        write_plan(plan, job_dir / PLAN_FILE)
+        (job_dir / "render.txt").write_text(self.render(plan))
         record = JobRecord(
-            job_id=job.job_id, name=job.job.name, backend=self.name, recipe=job.recipe.name,
-            cluster=job.profile.name, job_dir=str(job_dir), checkpoint_dir=job.checkpoint_dir,
+            job_id=job.job_id, name=job.name, backend=self.name, recipe=job.recipe.name,
+            cluster=plan.profile.name, job_dir=str(job_dir), checkpoint_dir=job.checkpoint_dir,
             tracking_uri=job.tracking_uri, world_size=job.world_size,
         )
         record.save()
         try:
-            self.schedule(job, record)
+            self.schedule(plan, record)
         except PodrunError as exc:
             record.state, record.detail = FAILED, f"submission failed: {exc}"
             record.save()
@@ -85,29 +82,15 @@ class Backend(ABC):
         return record
 
 
-def config_heredoc(job: ResolvedJob) -> list[str]:
-    """Shell lines that write the job's resolved config, so a rendered script runs on its own."""
+def config_heredoc(plan: LaunchPlan, path: Path | None = None, text: str | None = None) -> list[str]:
+    """Shell lines that write the resolved job (or ``text``) to ``path``, so a rendered script runs on its own."""
     import hashlib
 
-    import yaml
-
-    path = Path(job.job_dir) / "config.resolved.yaml"
-    text = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+    path = path or Path(plan.job.job_dir) / CONFIG_FILE
+    text = dump_resolved(plan.job) if text is None else text
     marker = f"PODRUN_CONFIG_{hashlib.sha256(text.encode()).hexdigest()[:8].upper()}"
     while marker in text:
         marker += "_"
     # A quoted delimiter: the shell expands nothing inside the YAML.
     return [f"mkdir -p {shlex.quote(str(path.parent))}", f"cat > {shlex.quote(str(path))} <<'{marker}'",
             text.rstrip("\n"), marker]
-
-
-def get_backend(name: str) -> Backend:
-    """Import and build a backend by name (imported lazily: Ray only loads when Ray is used).
-
-    Raises:
-        PodrunError: the backend is unknown or not available in this version.
-    """
-    if name not in BACKENDS:
-        raise PodrunError(f"backend '{name}' is not available; available: {', '.join(sorted(BACKENDS))}")
-    module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()

@@ -11,17 +11,28 @@ import json
 import re
 import shlex
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import jinja2
 
-from jobs import status as exit_codes
+from jobs import exit_codes
+from jobs.job import CONFIG_FILE
 from orchestrator.backends.base import Backend, config_heredoc
-from orchestrator.config import REPO_ROOT, LoginConfig, ResolvedJob
 from orchestrator.errors import BackendError, ConfigError
-from orchestrator.jobstore import (CANCELLED, FAILED, PENDING, PREEMPTED, RUNNING, SUCCEEDED, UNKNOWN, JobRecord,
-                                   is_terminal)
+from orchestrator.jobspec import PLAN_FILE, LaunchPlan, dump_plan
+from orchestrator.jobstore import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    PREEMPTED,
+    RUNNING,
+    SUCCEEDED,
+    UNKNOWN,
+    JobRecord,
+    is_terminal,
+)
+from orchestrator.profiles import REPO_ROOT, LoginConfig
 from orchestrator.tunnel import Tunnel, open_tunnel
 
 TEMPLATE_DIR = REPO_ROOT / "slurm"
@@ -62,63 +73,61 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def job_environment(job: ResolvedJob) -> dict[str, str]:
+def job_environment(plan: LaunchPlan) -> dict[str, str]:
     """The variables the script exports: NCCL/IB settings, timeouts, then the profile's own."""
     env = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_DEBUG": "WARN", "PYTHONUNBUFFERED": "1"}
-    env.update(job.profile.interconnect.env)
-    env.update(job.profile.env)
+    env.update(plan.profile.interconnect.env)
+    env.update(plan.profile.env)
     return env
 
 
-def render_sbatch(job: ResolvedJob) -> str:
-    """The sbatch script for ``job`` (the job's files live in ``job.job_dir`` on the cluster)."""
-    slurm = job.profile.slurm
-    gpus = job.tasks_per_node if job.device == "cuda" else 0
-    cpus = slurm.cpus_per_task or (job.profile.cpus_per_node // job.tasks_per_node
-                                   if job.profile.cpus_per_node else None)
-    job_dir = Path(job.job_dir)
-    config_path = job_dir / "config.resolved.yaml"
+def _header(plan: LaunchPlan) -> dict[str, object]:
+    """What both templates name in their header and #SBATCH lines."""
+    job, job_dir = plan.job, Path(plan.job.job_dir)
+    return dict(version=VERSION, job_id=job.job_id, recipe=job.recipe.name, preset=job.preset,
+                profile=plan.profile.name, name=job.name, nodes=job.nodes, world_size=job.world_size,
+                gpus=job.tasks_per_node if job.device == "cuda" else 0, slurm=plan.profile.slurm,
+                log_dir=str(job_dir / "logs"), script_path=str(job_dir / "job.sbatch"), job_dir=str(job_dir),
+                env=job_environment(plan), python=plan.profile.slurm.python)
+
+
+def render_sbatch(plan: LaunchPlan) -> str:
+    """The sbatch script for the plan (the job's files live in ``job_dir`` on the cluster)."""
+    job, slurm, profile = plan.job, plan.profile.slurm, plan.profile
+    cpus = slurm.cpus_per_task or (profile.cpus_per_node // job.tasks_per_node if profile.cpus_per_node else None)
     return _environment().get_template("job.sbatch.j2").render(
-        version=VERSION, job_id=job.job_id, recipe=job.recipe.name, preset=job.job.preset, profile=job.profile.name,
-        name=job.job.name, nodes=job.job.nodes, tasks_per_node=job.tasks_per_node, world_size=job.world_size,
-        gpus=gpus, cpus_per_task=cpus, slurm=slurm, container=job.profile.container,
-        log_dir=str(job_dir / "logs"), log_pattern="%A_%a" if slurm.array else "%j",
-        script_path=str(job_dir / "job.sbatch"), job_dir=str(job_dir), config_path=str(config_path),
-        config_heredoc="\n".join(config_heredoc(job)), env=job_environment(job),
-        workdir=_workdir(job), python=slurm.python, comm=job.job.comm,
+        **_header(plan), tasks_per_node=job.tasks_per_node, cpus_per_task=cpus, container=profile.container,
+        log_pattern="%A_%a" if slurm.array else "%j", config_path=str(Path(job.job_dir) / CONFIG_FILE),
+        config_heredoc="\n".join(config_heredoc(plan)), workdir=_workdir(plan), comm=job.comm,
     )
 
 
-def render_ray_sbatch(job: ResolvedJob) -> str:
+def render_ray_sbatch(plan: LaunchPlan) -> str:
     """An sbatch script that starts a Ray cluster in the allocation and runs the job on it."""
-    from orchestrator.backends.ray_backend import runtime_env
+    from orchestrator.ray_runtime import PLAN_ENV, runtime_env
 
-    slurm = job.profile.slurm
-    gpus = job.tasks_per_node if job.device == "cuda" else 0
-    job_dir = Path(job.job_dir)
-    env = runtime_env(job)
-    env["env_vars"].pop("PODRUN_RESOLVED_CONFIG")  # the job reads the config file instead
+    slurm, profile = plan.profile.slurm, plan.profile
+    env = runtime_env(plan)
+    env["env_vars"].pop(PLAN_ENV)  # the driver reads the plan file instead
     workdir = slurm.workdir or str(REPO_ROOT)  # Ray runs on the hosts: no pyxis container here
     env["working_dir"] = workdir
+    plan_path = Path(plan.job.job_dir) / PLAN_FILE
     python = slurm.python
     return _environment().get_template("ray.sbatch.j2").render(
-        version=VERSION, job_id=job.job_id, recipe=job.recipe.name, preset=job.job.preset, profile=job.profile.name,
-        name=job.job.name, nodes=job.job.nodes, world_size=job.world_size, gpus=gpus,
-        node_cpus=slurm.cpus_per_task or job.profile.cpus_per_node, ray_cpus=job.profile.cpus_per_node or 1,
-        slurm=slurm, ray=job.profile.ray, log_dir=str(job_dir / "logs"), script_path=str(job_dir / "job.sbatch"),
-        job_dir=str(job_dir), config_path=str(job_dir / "config.resolved.yaml"),
-        config_heredoc="\n".join(config_heredoc(job)), env=job_environment(job),
-        workdir=workdir, python=python, python_dir=str(Path(python).parent) if "/" in python else "",
-        ray_port=job.profile.ray.gcs_port,
-        dashboard_port=job.profile.ray.dashboard_port, join_timeout_s=300, runtime_env=json.dumps(env),
+        **_header(plan), node_cpus=slurm.cpus_per_task or profile.cpus_per_node,
+        ray_cpus=profile.cpus_per_node or 1, ray=profile.ray, plan_path=str(plan_path),
+        config_heredoc="\n".join(config_heredoc(plan, plan_path, dump_plan(plan))),
+        workdir=workdir, python_dir=str(Path(python).parent) if "/" in python else "",
+        ray_port=profile.ray.gcs_port, dashboard_port=profile.ray.dashboard_port, join_timeout_s=300,
+        runtime_env=json.dumps(env),
     )
 
 
-def _workdir(job: ResolvedJob) -> str:
-    container = job.profile.container
+def _workdir(plan: LaunchPlan) -> str:
+    container = plan.profile.container
     if container and container.image and container.workdir:
         return container.workdir
-    return job.profile.slurm.workdir or str(REPO_ROOT)
+    return plan.profile.slurm.workdir or str(REPO_ROOT)
 
 
 def parse_sbatch_id(stdout: str) -> str:
@@ -157,13 +166,14 @@ class SlurmBackend(Backend):
         login = record.extra.get("login")
         return self.tunnel(LoginConfig(**login) if login else None)
 
-    def render(self, job: ResolvedJob) -> str:
-        return render_ray_sbatch(job) if job.backend == "ray" else render_sbatch(job)
+    def render(self, plan: LaunchPlan) -> str:
+        return render_ray_sbatch(plan) if plan.backend == "ray" else render_sbatch(plan)
 
-    def schedule(self, job: ResolvedJob, record: JobRecord) -> None:
-        tunnel = self.tunnel(job.profile.slurm.login)
+    def schedule(self, plan: LaunchPlan, record: JobRecord) -> None:
+        job, login = plan.job, plan.profile.slurm.login
+        tunnel = self.tunnel(login)
         script_path = str(Path(job.job_dir) / "job.sbatch")
-        tunnel.write_text(script_path, self.render(job), mode=0o755)
+        tunnel.write_text(script_path, self.render(plan), mode=0o755)
         tunnel.run(["mkdir", "-p", str(Path(job.job_dir) / "logs")])
         result = tunnel.run(["sbatch", "--parsable", script_path])
         if result.returncode == 127:
@@ -171,12 +181,13 @@ class SlurmBackend(Backend):
                                "to submit through a login node")
         if result.returncode != 0:
             message = (result.stderr.strip() or result.stdout.strip()).splitlines()
-            raise BackendError(f"sbatch refused the job: {message[-1] if message else 'exit ' + str(result.returncode)}")
+            reason = message[-1] if message else f"exit {result.returncode}"
+            raise BackendError(f"sbatch refused the job: {reason}")
         record.native_id = parse_sbatch_id(result.stdout)
         record.state, record.detail = PENDING, "submitted"
-        record.extra.update(cluster_job_dir=job.job_dir, array=bool(job.profile.slurm.array))
-        if job.profile.slurm.login:
-            record.extra["login"] = job.profile.slurm.login.model_dump()
+        record.extra.update(cluster_job_dir=job.job_dir, array=bool(plan.profile.slurm.array))
+        if login:
+            record.extra["login"] = login.model_dump()
 
     # ------------------------------------------------------------------ status
 

@@ -6,38 +6,43 @@ resumed or requeued job continues the same run and time-to-train stays honest.
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
+from jobs import exit_codes
+from jobs.checkpoint_index import read_run_info, update_run_info
+from jobs.job import ResolvedJob
+from jobs.placement import RankInfo
+from jobs.tracker import Tracker
 
-from jobs import status
-from jobs.checkpoint import read_run_info, write_run_info
-from jobs.dist import RankInfo
-from jobs.tracking import Tracker
-from orchestrator.config import ResolvedJob
-
-RUN_STATUS = {status.SUCCESS: "FINISHED", status.NOT_REACHED: "FINISHED", status.PREEMPTED: "KILLED"}
+RUN_STATUS = {exit_codes.SUCCESS: "FINISHED", exit_codes.NOT_REACHED: "FINISHED", exit_codes.PREEMPTED: "KILLED"}
+# Distributions whose versions a run records, read from their metadata (importing Ray or
+# DALI only to ask would cost seconds at every start).
+DISTRIBUTIONS = {"dali": ("nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali-cuda130"), "ray": ("ray",),
+                 "horovod": ("horovod",), "mlflow": ("mlflow", "mlflow-skinny")}
 
 
 def versions() -> dict[str, str]:
     """Versions of the stack, as MLflow tags."""
+    import torch
+
     found = {"torch": torch.__version__, "python": platform.python_version()}
     found["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else "n/a"
-    for name, module in (("dali", "nvidia.dali"), ("ray", "ray"), ("horovod", "horovod"), ("mlflow", "mlflow")):
-        found[name] = _module_version(module)
+    for name, distributions in DISTRIBUTIONS.items():
+        found[name] = _distribution_version(distributions)
     return found
 
 
-def _module_version(module: str) -> str:
-    try:
-        imported = __import__(module, fromlist=["__version__"])
-        return str(getattr(imported, "__version__", "unknown"))
-    except ImportError:
-        return "not installed"
+def _distribution_version(names: tuple[str, ...]) -> str:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
 
 
 def job_params(job: ResolvedJob) -> dict[str, Any]:
@@ -45,10 +50,10 @@ def job_params(job: ResolvedJob) -> dict[str, Any]:
     recipe, derived = job.recipe, job.derived
     return {
         "recipe": recipe.name,
-        "preset": job.job.preset or "",
-        "cluster": job.profile.name,
+        "preset": job.preset or "",
+        "cluster": job.cluster,
         "backend": job.backend,
-        "nodes": job.job.nodes,
+        "nodes": job.nodes,
         "gpus_per_node": job.tasks_per_node if job.device == "cuda" else 0,
         "tasks_per_node": job.tasks_per_node,
         "world_size": job.world_size,
@@ -67,40 +72,38 @@ def job_params(job: ResolvedJob) -> dict[str, Any]:
         "data_backend": getattr(recipe.data, "backend", recipe.data.kind),
         "image_size": getattr(recipe.data, "image_size", 0),
         "max_tokens": getattr(recipe.data, "max_tokens", 0),
-        "comm": job.job.comm,
+        "comm": job.comm,
         "target": recipe.eval.target,
         "seed": recipe.train.seed,
         "scaling_rule": "; ".join(derived.notes),
     }
 
 
+def open_tracker(job: ResolvedJob) -> Tracker:
+    """Rank 0's tracker, its sender process started; cheap to call (no torch, no MLflow here).
+
+    The sender writes the run id into ``run.json`` beside the checkpoints, so a resumed job
+    continues the same MLflow run.
+    """
+    run_info = read_run_info(Path(job.checkpoint_dir))
+    return Tracker(job.tracking_uri, job.experiment, Path(job.job_dir) / "mlflow-spool",
+                   run_id=run_info.get("mlflow_run_id"), run_name=job.name, background=True,
+                   run_info_dir=Path(job.checkpoint_dir))
+
+
 class RunTracking:
     """Rank 0's view of the job's MLflow run."""
 
-    def __init__(self, job: ResolvedJob, info: RankInfo, resumed_from: str | None) -> None:
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep the rank's log about training
+    def __init__(self, job: ResolvedJob, info: RankInfo, resumed_from: str | None,
+                 tracker: Tracker | None = None) -> None:
         self.job, self.info, self.resumed_from = job, info, resumed_from
         self.ckpt_dir, self.job_dir = Path(job.checkpoint_dir), Path(job.job_dir)
         self.run_info = read_run_info(self.ckpt_dir)
-        self.tracker = Tracker(
-            job.tracking_uri,
-            job.profile.mlflow.experiment or job.recipe.name,
-            self.job_dir / "mlflow-spool",
-            run_id=self.run_info.get("mlflow_run_id"),
-            run_name=job.job.name,
-        )
-        self._remember_run()
-
-    def _remember_run(self) -> None:
-        if self.tracker.run_id and self.tracker.run_id != self.run_info.get("mlflow_run_id"):
-            self.run_info.update(mlflow_run_id=self.tracker.run_id, tracking_uri=self.job.tracking_uri,
-                                 mlflow_experiment_id=self.tracker.meta.get("experiment_id"))
-            write_run_info(self.ckpt_dir, self.run_info)
+        self.tracker = tracker or open_tracker(job)
 
     def start(self, hosts: list[str], steps_per_epoch: int, train_samples: int, val_samples: int) -> None:
         attempts = self.run_info.get("attempts", []) + [self.job.job_id]
-        self.run_info["attempts"] = attempts
-        write_run_info(self.ckpt_dir, self.run_info)
+        self.run_info = update_run_info(self.ckpt_dir, attempts=attempts, tracking_uri=self.job.tracking_uri)
         if not self.resumed_from:
             self.tracker.log_params(job_params(self.job) | {"steps_per_epoch": steps_per_epoch,
                                                               "train_samples": train_samples,
@@ -125,11 +128,11 @@ class RunTracking:
         metrics = {"best_metric": state["best_metric"], "epochs_run": state["epoch"],
                    "time_lost_s": state["time_lost_s"],
                    f"mean_throughput_{unit}_per_s": state["items"] / max(time_to_train, 1e-9)}
-        if code == status.SUCCESS:
+        if code == exit_codes.SUCCESS:
             metrics["time_to_train_s"] = time_to_train
-        metrics["reached_target"] = 1.0 if code == status.SUCCESS else 0.0
+        metrics["reached_target"] = 1.0 if code == exit_codes.SUCCESS else 0.0
         self.tracker.log_metrics(metrics, step=state["global_step"])
-        self.tracker.set_tags({"status": status.DESCRIPTIONS.get(code, "failed")})
+        self.tracker.set_tags({"status": exit_codes.DESCRIPTIONS.get(code, "failed")})
         for name in ("config.resolved.yaml", "render.txt", "job.sbatch"):
             if (self.job_dir / name).is_file():
                 self.tracker.log_artifact(self.job_dir / name)
@@ -139,4 +142,3 @@ class RunTracking:
         if Path(mllog_path).is_file():
             self.tracker.log_artifact(Path(mllog_path), "mlperf")
         self.tracker.finish(RUN_STATUS.get(code, "FAILED"))
-        self._remember_run()

@@ -44,11 +44,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jobs.data.parallel_text import BOS_ID, EOS_ID, PAD_ID, read_parallel, split_paths, tokenizer_path, train_tokenizer
 from jobs.dist import barrier
-from orchestrator.config import TextDataConfig
-from orchestrator.errors import DataError
-from orchestrator.translation_data import BOS_ID, EOS_ID, PAD_ID, read_parallel, split_paths, tokenizer_path, \
-    train_tokenizer
+from jobs.errors import DataError
+from jobs.recipe import TextDataConfig
 
 SHUFFLE_STREAM = 7  # keeps the batching RNG apart from other seeded streams
 

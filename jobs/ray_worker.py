@@ -1,0 +1,91 @@
+"""What each Ray Train worker runs: the shared per-rank code, reporting checkpoints to Ray.
+
+The Ray job's driver (:mod:`orchestrator.ray_job`) starts a ``TorchTrainer`` whose workers
+run :func:`worker_main`: each becomes rank ``world_rank`` and runs :func:`jobs.run.run_rank`,
+as the local and Slurm paths do. Ray only starts the ranks, restarts them after a failure
+(``FailureConfig``), and keeps the checkpoints they report through :class:`RayHooks`.
+Under ``comm: horovod`` Horovod's ``RayExecutor`` runs :func:`horovod_worker` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jobs import exit_codes
+from jobs.job import ResolvedJob
+
+
+class RayHooks:
+    """Report checkpoints and the outcome to Ray Train (every worker calls ``report``)."""
+
+    def checkpointed(self, path: Path | None, state: dict[str, Any]) -> None:
+        import ray.train
+
+        metrics = {"epoch": state["epoch"], "global_step": state["global_step"], "best_metric": state["best_metric"]}
+        if path is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as staging:
+            # Ray copies the folder into its storage; the original stays in checkpoint_dir.
+            shutil.copy2(path, Path(staging) / path.name)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
+
+    def finished(self, code: int, state: dict[str, Any]) -> None:
+        import ray.train
+
+        metrics = {"exit_code": code, "epoch": state["epoch"], "global_step": state["global_step"],
+                   "best_metric": state["best_metric"]}
+        if ray.train.get_context().get_world_rank() != 0:
+            ray.train.report(metrics)
+            return
+        # Result.metrics are those of the latest checkpoint, so the outcome travels with one.
+        with tempfile.TemporaryDirectory() as staging:
+            (Path(staging) / "outcome.json").write_text(json.dumps(metrics))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
+
+
+def worker_main(config: dict[str, Any]) -> None:
+    """One Ray Train worker: become rank ``world_rank`` and run the shared per-rank code."""
+    import ray.train
+
+    from jobs.run import run_rank
+
+    context = ray.train.get_context()
+    os.environ.update(RANK=str(context.get_world_rank()), WORLD_SIZE=str(context.get_world_size()),
+                      LOCAL_RANK=str(context.get_local_rank()))
+    job = ResolvedJob.model_validate(config["job"])
+    with _reported_checkpoint() as resume_from:
+        code = run_rank(job, hooks=RayHooks(), resume_from=resume_from)
+    if code == exit_codes.FAILED:
+        raise RuntimeError(f"rank {context.get_world_rank()} failed")  # lets FailureConfig restart the group
+
+
+class _reported_checkpoint:
+    """The latest checkpoint Ray Train kept (after a restart), as a local file, or None."""
+
+    def __enter__(self) -> Path | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        self._context = checkpoint.as_directory() if checkpoint else None
+        if self._context is None:
+            return None
+        folder = Path(self._context.__enter__())
+        found = sorted(folder.glob("ckpt-*.pt"))
+        return found[-1] if found else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._context is not None:
+            self._context.__exit__(*exc)
+
+
+def horovod_worker(config: dict[str, Any]) -> int:
+    """One Horovod worker under RayExecutor (which sets the HOROVOD_* contract)."""
+    from jobs.run import run_rank
+
+    return run_rank(ResolvedJob.model_validate(config))

@@ -1,0 +1,44 @@
+"""What a Ray job carries, shared by the Ray backend and Ray inside a Slurm allocation.
+
+The runtime_env uploads podrun's checkout (without data sets, checkpoints, virtualenvs
+or MLflow stores) and passes the launch plan in ``$PODRUN_LAUNCH_PLAN``; the entrypoint is
+the driver :mod:`orchestrator.ray_job`. Token authentication (Ray 2.60) reads the
+profile's ``ray.token_file``, ``$RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token`` or
+``$RAY_AUTH_TOKEN``; the token is sent as a header and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from orchestrator.jobspec import LaunchPlan, dump_plan
+from orchestrator.profiles import REPO_ROOT, RayConfig
+
+PLAN_ENV = "PODRUN_LAUNCH_PLAN"
+DRIVER_MODULE = "orchestrator.ray_job"
+
+
+def runtime_env(plan: LaunchPlan) -> dict[str, Any]:
+    """The Ray runtime_env: the repo as working_dir, minus data and checkpoints, plus the plan."""
+    return {"working_dir": str(REPO_ROOT), "excludes": list(plan.profile.ray.excludes),
+            "env_vars": {PLAN_ENV: dump_plan(plan), "PYTHONUNBUFFERED": "1", **plan.profile.env}}
+
+
+def entrypoint(plan: LaunchPlan) -> str:
+    return f"{shlex.quote(plan.profile.ray.python)} -m {DRIVER_MODULE}"
+
+
+def token_path(cfg: RayConfig) -> Path:
+    return Path(cfg.token_file or os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token").expanduser()
+
+
+def auth_headers(cfg: RayConfig) -> dict[str, str]:
+    """The bearer token for a token-authenticated cluster, if there is one."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    path = token_path(cfg)
+    if not token and path.is_file():
+        token = path.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}

@@ -1,0 +1,73 @@
+"""The launcher stays light and the ranks import only what their job uses (fresh processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+HEAVY = ("torch", "mlflow", "ray", "nvidia.dali", "horovod")
+PROBE = """
+import json, sys
+{body}
+print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
+"""
+
+
+def heavy_modules_after(body: str, env: dict[str, str] | None = None) -> list[str]:
+    """Run ``body`` in a fresh interpreter; return which heavy packages it imported."""
+    code = PROBE.format(body=body, heavy=HEAVY)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+CLI = """
+from orchestrator.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"],
+    ["render", "resnet50:tiny"],
+    ["render", "recipes/jobs/resnet50-superpod.yaml", "--backend", "ray", "--on", "slurm"],
+    ["render", "transformer:tiny", "--set", "cluster=ray", "--backend", "ray"],
+    ["runs"],
+])
+def test_cli_answers_without_torch_mlflow_or_ray(argv, podrun_home):
+    import os
+
+    assert heavy_modules_after(CLI.format(argv=argv), dict(os.environ)) == []
+
+
+def test_status_of_a_finished_job_imports_nothing_heavy(podrun_home):
+    import os
+
+    from orchestrator.jobstore import JobRecord
+
+    record = JobRecord(job_id="done-1", name="x", backend="local", recipe="resnet50", cluster="local",
+                       job_dir=str(podrun_home / "jobs" / "done-1"), checkpoint_dir=str(podrun_home / "c"),
+                       tracking_uri="sqlite:///x.db", world_size=1, state="SUCCEEDED")
+    record.save()
+    body = CLI.format(argv=["status", "done-1"])
+    assert heavy_modules_after(body, dict(os.environ)) == []
+
+
+def test_the_training_loop_imports_neither_ray_dali_nor_mlflow():
+    body = "import jobs.run, jobs.train, jobs.tasks, jobs.data.images, jobs.data.pillow, jobs.run_tracking"
+    assert heavy_modules_after(body) == ["torch"]
+
+
+def test_the_rank_contract_imports_nothing_heavy():
+    body = ("import jobs.job, jobs.recipe, jobs.exit_codes, jobs.progress, jobs.checkpoint_index, jobs.spool, "
+            "jobs.config_io, jobs.placement, jobs.tracker")
+    assert heavy_modules_after(body) == []
