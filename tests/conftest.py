@@ -47,3 +47,15 @@ def local_env(podrun_home: Path, digits_root: Path, monkeypatch: pytest.MonkeyPa
     """The local profile pointed at the digits data and an isolated home."""
     monkeypatch.setenv("PODRUN_DATA", str(digits_root))
     return podrun_home
+
+
+# pytest-xdist (make test runs -n 2 --dist loadgroup): the tests that share a real cluster
+# run in one worker, so each worker starts at most the clusters its tests need.
+CLUSTER_GROUPS = {"slurm_cluster": "slurm", "ssh_server": "slurm", "ray_cluster": "ray"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((CLUSTER_GROUPS[name] for name in item.fixturenames if name in CLUSTER_GROUPS), None)
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))

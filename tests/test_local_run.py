@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import socket
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
 from jobs.mlperf_log import run_compliance_checker
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records
+from tests.conftest import REPO
 from tests.waiting import wait_for_text, wait_state
 
 JOB = "recipes/jobs/resnet50-tiny.yaml"
@@ -32,11 +35,28 @@ def mlflow_run(record):
     return client, client.get_run(run_id)
 
 
-def test_tiny_preset_reaches_target_with_mlflow_and_mllog(local_env, capsys):
-    assert main(["launch", JOB]) == exit_codes.SUCCESS
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def tiny_ddp(tmp_path_factory, digits_root):
+    """The demo job (DDP, 2 ranks) run once to its target: (exit code, output, record).
+
+    Two tests read it; running it once saves a full training run of the suite.
+    """
+    home = tmp_path_factory.mktemp("ddp-home")
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        patch.setenv("PODRUN_HOME", str(home))
+        patch.setenv("PODRUN_DATA", str(digits_root))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.chdir(REPO)
+        code = main(["launch", JOB])
+    return code, out.getvalue(), only_record(home)
+
+
+@pytest.mark.xdist_group("tiny-ddp")
+def test_tiny_preset_reaches_target_with_mlflow_and_mllog(tiny_ddp):
+    code, out, record = tiny_ddp
+    assert code == exit_codes.SUCCESS
     assert "[done] reached target" in out and "mlflow ui --backend-store-uri" in out
-    record = only_record(local_env)
     assert record.state == "SUCCEEDED"
 
     client, run = mlflow_run(record)
@@ -151,11 +171,11 @@ def best_top1(record) -> float:
     return final_weights(record)["progress"]["best_metric"]
 
 
-def test_horovod_reaches_the_target_like_ddp(local_env, capsys):
-    assert main(["launch", JOB]) == exit_codes.SUCCESS
-    ddp = only_record(local_env)
+@pytest.mark.xdist_group("tiny-ddp")
+def test_horovod_reaches_the_target_like_ddp(local_env, capsys, tiny_ddp):
+    ddp = tiny_ddp[2]
     assert main(["launch", JOB, "--set", "comm=horovod", "--set", "horovod.timeline=true"]) == exit_codes.SUCCESS
-    hvd = list_records(local_env)[0]
+    hvd = only_record(local_env)
     out = capsys.readouterr().out
     assert "horovodrun" in (Path(hvd.job_dir) / "render.txt").read_text()
     assert "[0]<stdout>:[done] reached target" in out
