@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first: the CPU wheel (on disk here). pyproject's range keeps it; alone it would pull a CUDA build.
+# torch first: the CPU wheel (on disk here). pyproject's range keeps it; alone it would pull a CUDA build.
 	$(BIN)/python -m pip install --quiet '$(TORCH)'
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
