@@ -3,6 +3,7 @@
 It builds on :mod:`jobs` (the rank runtime) and hands each rank a :class:`jobs.job.ResolvedJob`:
 
 * :mod:`orchestrator.profiles` - cluster profiles (``cluster.yaml``);
+* :mod:`orchestrator.paths` - where podrun finds its files (search order, bundled files, ``init``);
 * :mod:`orchestrator.jobspec` - job specs and the launch plan;
 * :mod:`orchestrator.resolve`, :mod:`orchestrator.scaling` - spec + recipe + profile -> plan;
 * :mod:`orchestrator.cli` - ``podrun``;

@@ -5,6 +5,7 @@
     podrun render recipes/jobs/resnet50-tiny.yaml --set train.epochs=3
     podrun runs | podrun status ID | podrun logs ID -f | podrun cancel ID
     podrun sync ID                            # send MLflow records kept while the server was down
+    podrun init                               # copy the bundled cluster.yaml and a job spec here to edit
 
 Errors the user can fix print one line (``podrun: error: ...``) and exit 2.
 """
@@ -29,7 +30,8 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=sorted(BACKENDS), help="default: the profile's scheduler")
     parser.add_argument("--on", choices=["slurm"], dest="on",
                         help="with --backend ray: start a Ray cluster inside a Slurm allocation and run there")
-    parser.add_argument("--cluster-file", help="default: $PODRUN_CLUSTER_FILE, ./cluster.yaml, the bundled one")
+    parser.add_argument("--cluster-file", help="default: $PODRUN_CLUSTER_FILE, ./cluster.yaml, "
+                                               "~/.config/podrun/cluster.yaml, the bundled one")
     parser.add_argument("--resume", nargs="?", const="latest", metavar="JOB_ID",
                         help="continue the latest (or the given) earlier job of this name from its checkpoint")
 
@@ -72,7 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--test-pairs", type=int, default=500)
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--overwrite", action="store_true")
+    _init_arguments(sub)
     return parser
+
+
+def _init_arguments(sub) -> None:
+    from orchestrator.paths import INIT_JOB
+
+    init = sub.add_parser("init", help="copy the bundled cluster.yaml and a job spec into a folder to edit")
+    init.add_argument("dir", nargs="?", type=Path, default=Path("."), help="default: this folder")
+    init.add_argument("--job", default=INIT_JOB, help=f"which bundled job spec (default {INIT_JOB})")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,8 +110,10 @@ def _resolve(args: argparse.Namespace):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from orchestrator.paths import annotate
+
     plan = _resolve(args)
-    print(get_backend(_scheduler(plan, args)).render(plan), end="")
+    print(annotate(get_backend(_scheduler(plan, args)).render(plan), plan.sources), end="")
     return 0
 
 
@@ -227,7 +241,17 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from orchestrator.paths import config_dir, display, init_files
+
+    written = init_files(args.dir, job=args.job, force=args.force)
+    print("wrote " + ", ".join(display(path) for path in written))
+    print(f"edit them, then: podrun launch {display(written[1])}   (podrun reads ./cluster.yaml first, "
+          f"then {display(config_dir())}/cluster.yaml, then the bundled one)")
+    return 0
+
+
 COMMANDS = {
     "launch": cmd_launch, "render": cmd_render, "status": cmd_status, "logs": cmd_logs,
-    "cancel": cmd_cancel, "runs": cmd_runs, "sync": cmd_sync, "data": cmd_data,
+    "cancel": cmd_cancel, "runs": cmd_runs, "sync": cmd_sync, "data": cmd_data, "init": cmd_init,
 }

@@ -45,6 +45,8 @@ class LaunchPlan(StrictModel):
     spec: JobSpec
     profile: ClusterProfile
     job: ResolvedJob
+    sources: dict[str, str] = Field(default_factory=dict, exclude=True,
+                                    description="the files read (job spec, recipe, cluster file); render names them")
 
     # The rank job's most used fields, read through the plan.
     backend = property(lambda self: self.job.backend)

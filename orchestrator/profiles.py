@@ -6,12 +6,12 @@ scheduler's own settings (``slurm:``, ``ray:``). Ranks never see a profile: the 
 turns what they need into a :class:`jobs.job.ResolvedJob`.
 
 The cluster file is ``--cluster-file``, then ``$PODRUN_CLUSTER_FILE``, then
-``./cluster.yaml``, then the one bundled with podrun.
+``./cluster.yaml``, then ``~/.config/podrun/cluster.yaml``, then the one bundled with
+podrun (:mod:`orchestrator.paths`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -19,8 +19,7 @@ from pydantic import Field, field_validator
 
 from jobs.config_io import StrictModel, read_yaml, validate
 from orchestrator.backends import check_backend_name
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from orchestrator.paths import find_cluster_file
 
 
 class ContainerConfig(StrictModel):
@@ -143,11 +142,8 @@ class ClusterFile(StrictModel):
 
 
 def cluster_file_path(explicit: str | None = None) -> Path:
-    """The cluster file: ``--cluster-file``, ``$PODRUN_CLUSTER_FILE``, ./cluster.yaml, or the bundled one."""
-    for candidate in (explicit, os.environ.get("PODRUN_CLUSTER_FILE"), "cluster.yaml"):
-        if candidate and (explicit == candidate or Path(candidate).is_file()):
-            return Path(candidate)
-    return REPO_ROOT / "cluster.yaml"
+    """The cluster file, in podrun's search order (:func:`orchestrator.paths.find_cluster_file`)."""
+    return find_cluster_file(explicit).path
 
 
 def load_profiles(path: Path) -> dict[str, ClusterProfile]:

@@ -1,7 +1,8 @@
 """What a Ray job carries, shared by the Ray backend and Ray inside a Slurm allocation.
 
 The runtime_env uploads podrun's checkout (without data sets, checkpoints, virtualenvs
-or MLflow stores) and passes the launch plan in ``$PODRUN_LAUNCH_PLAN``; the entrypoint is
+or MLflow stores), or an installed podrun's two packages as ``py_modules``, and passes
+the launch plan in ``$PODRUN_LAUNCH_PLAN``; the entrypoint is
 the driver :mod:`orchestrator.ray_job`. Token authentication (Ray 2.60) reads the
 profile's ``ray.token_file``, ``$RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token`` or
 ``$RAY_AUTH_TOKEN``; the token is sent as a header and never logged.
@@ -15,16 +16,26 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.jobspec import LaunchPlan, dump_plan
-from orchestrator.profiles import REPO_ROOT, RayConfig
+from orchestrator.paths import checkout_root, package_dirs
+from orchestrator.profiles import RayConfig
 
 PLAN_ENV = "PODRUN_LAUNCH_PLAN"
 DRIVER_MODULE = "orchestrator.ray_job"
 
 
 def runtime_env(plan: LaunchPlan) -> dict[str, Any]:
-    """The Ray runtime_env: the repo as working_dir, minus data and checkpoints, plus the plan."""
-    return {"working_dir": str(REPO_ROOT), "excludes": list(plan.profile.ray.excludes),
+    """The Ray runtime_env: podrun's code (see :func:`code_env`), minus data and checkpoints, plus the plan."""
+    return {**code_env(), "excludes": list(plan.profile.ray.excludes),
             "env_vars": {PLAN_ENV: dump_plan(plan), "PYTHONUNBUFFERED": "1", **plan.profile.env}}
+
+
+def code_env() -> dict[str, Any]:
+    """The checkout as ``working_dir``; an installed podrun (site-packages must not be uploaded
+    whole) sends its ``jobs`` and ``orchestrator`` packages as ``py_modules`` instead."""
+    root = checkout_root()
+    if root is not None:
+        return {"working_dir": str(root)}
+    return {"py_modules": [str(path) for path in package_dirs()]}
 
 
 def entrypoint(plan: LaunchPlan) -> str:

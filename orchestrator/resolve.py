@@ -20,7 +20,8 @@ from jobs.job import ResolvedJob
 from jobs.recipe import Recipe
 from orchestrator.errors import ConfigError
 from orchestrator.jobspec import JobSpec, LaunchPlan
-from orchestrator.profiles import REPO_ROOT, ClusterProfile, cluster_file_path, load_profiles
+from orchestrator.paths import checkout_root, find_cluster_file, find_job_spec, find_recipe
+from orchestrator.profiles import ClusterProfile, load_profiles
 from orchestrator.scaling import derive
 
 JOB_FIELDS = set(JobSpec.model_fields) - {"overrides"}
@@ -32,23 +33,21 @@ def podrun_home() -> Path:
 
 
 def recipe_path(name: str) -> Path:
-    """Find ``recipes/<name>.yaml`` under the current folder, then the installed repo."""
-    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
-        return Path(name)
-    for root in (Path("recipes"), REPO_ROOT / "recipes"):
-        if (root / f"{name}.yaml").is_file():
-            return root / f"{name}.yaml"
-    known = sorted(p.stem for p in (REPO_ROOT / "recipes").glob("*.yaml"))
-    raise ConfigError(f"recipe '{name}' not found; known recipes: {', '.join(known)}")
+    """The recipe file, in podrun's search order (:func:`orchestrator.paths.find_recipe`)."""
+    return find_recipe(name).path
 
 
-def load_recipe(name: str, preset: str | None, overrides: dict[str, Any]) -> Recipe:
-    """Load a recipe, apply a preset then the dotted ``overrides``.
+def load_recipe(name: str, preset: str | None, overrides: dict[str, Any],
+                sources: dict[str, str] | None = None) -> Recipe:
+    """Load a recipe, apply a preset then the dotted ``overrides``; note the file in ``sources``.
 
     Raises:
         ConfigError: unknown recipe or preset, or an invalid merged recipe.
     """
-    path = recipe_path(name)
+    found = find_recipe(name)
+    path = found.path
+    if sources is not None:
+        sources["recipe"] = str(found)
     raw = read_yaml(path)
     source = str(path)
     validate(Recipe, raw, source)  # report errors in the file itself first
@@ -65,15 +64,20 @@ def load_recipe(name: str, preset: str | None, overrides: dict[str, Any]) -> Rec
     return validate(Recipe, raw, source)
 
 
-def load_job_spec(ref: str, assignments: list[str]) -> tuple[JobSpec, dict[str, Any], dict[str, Any]]:
-    """Read a job spec file, or build one from ``RECIPE[:PRESET]``, then apply ``--set``.
+def load_job_spec(ref: str, assignments: list[str],
+                  sources: dict[str, str] | None = None) -> tuple[JobSpec, dict[str, Any], dict[str, Any]]:
+    """Read a job spec file (searched as :func:`orchestrator.paths.find_job_spec` says), or build
+    one from ``RECIPE[:PRESET]``, then apply ``--set``; note the file in ``sources``.
 
     Returns the spec, the recipe overrides and the profile overrides.
 
     Raises:
         ConfigError: the file is invalid or an assignment is malformed.
     """
-    path = Path(ref)
+    found = find_job_spec(ref)
+    path = found.path if found else Path(ref)
+    if found and sources is not None:
+        sources["job spec"] = str(found)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         raw, source = read_yaml(path), str(path)
     else:
@@ -103,10 +107,13 @@ def new_job_id(name: str) -> str:
 
 def git_sha() -> str:
     """The commit of the podrun checkout, with ``-dirty`` when it has local changes."""
+    root = checkout_root()  # an installed podrun has no checkout (git would report an enclosing repo)
+    if root is None:
+        return "unknown"
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT,
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                              capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -130,11 +137,12 @@ def load_job(
     Raises:
         ConfigError: any file is invalid, the profile is unknown or the scale is impossible.
     """
-    spec, recipe_overrides, profile_overrides = load_job_spec(ref, assignments or [])
+    sources: dict[str, str] = {}
+    spec, recipe_overrides, profile_overrides = load_job_spec(ref, assignments or [], sources)
     if backend:
         spec.backend = backend
-    profile = _load_profile(spec.cluster, cluster_file, profile_overrides)
-    recipe = load_recipe(spec.recipe, spec.preset, recipe_overrides)
+    profile = _load_profile(spec.cluster, cluster_file, profile_overrides, sources)
+    recipe = load_recipe(spec.recipe, spec.preset, recipe_overrides, sources)
     chosen_backend = spec.backend or profile.scheduler
     tasks = _tasks_per_node(spec, profile, chosen_backend)
     world = spec.nodes * tasks
@@ -163,7 +171,7 @@ def load_job(
         experiment=profile.mlflow.experiment or recipe.name,
         git_sha=git_sha(),
     )
-    return LaunchPlan(spec=spec, profile=profile, job=job)
+    return LaunchPlan(spec=spec, profile=profile, job=job, sources=sources)
 
 
 def tracking_uri(profile: ClusterProfile) -> str:
@@ -172,8 +180,11 @@ def tracking_uri(profile: ClusterProfile) -> str:
     return uri or f"sqlite:///{podrun_home() / 'mlflow.db'}"
 
 
-def _load_profile(name: str, cluster_file: str | None, overrides: dict[str, Any]) -> ClusterProfile:
-    path = cluster_file_path(cluster_file)
+def _load_profile(name: str, cluster_file: str | None, overrides: dict[str, Any],
+                  sources: dict[str, str]) -> ClusterProfile:
+    found = find_cluster_file(cluster_file)
+    sources["cluster file"] = str(found)
+    path = found.path
     profiles = load_profiles(path)
     if name not in profiles:
         raise ConfigError(f"{path}: no cluster profile '{name}'; profiles: {', '.join(sorted(profiles))}")

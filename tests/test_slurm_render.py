@@ -58,7 +58,7 @@ def test_superpod_scale_derivation_is_in_the_script(fixed):
     job = resolve.load_job("recipes/jobs/resnet50-superpod.yaml", job_id="x")
     assert job.world_size == 768 and job.derived.optimizer == "lars"
     script = render_sbatch(job)
-    assert "--gpus-per-node=8" in script and "--container-image='nvcr.io#nvidia/pytorch:24.05-py3'" in script
+    assert "--gpus-per-node=8" in script and "--container-image='nvcr.io#nvidia/pytorch:25.01-py3'" in script
     assert "export NCCL_COLLNET_ENABLE=1" in script and "export NCCL_IB_HCA=mlx5_0," in script
 
 

@@ -2,7 +2,8 @@
 
 ``podrun launch JOB --backend ray`` submits ``python -m orchestrator.ray_job`` with the
 repo as the runtime_env ``working_dir`` (data sets, checkpoints and MLflow stores excluded,
-so the upload stays small) and the launch plan in ``$PODRUN_LAUNCH_PLAN`` (see
+so the upload stays small; an installed podrun sends its packages as ``py_modules``) and
+the launch plan in ``$PODRUN_LAUNCH_PLAN`` (see
 :mod:`orchestrator.ray_runtime`). ``podrun render`` prints the equivalent ``ray job submit``.
 """
 

@@ -32,10 +32,10 @@ from orchestrator.jobstore import (
     JobRecord,
     is_terminal,
 )
-from orchestrator.profiles import REPO_ROOT, LoginConfig
+from orchestrator.paths import checkout_root, run_dir, template_dir
+from orchestrator.profiles import LoginConfig
 from orchestrator.tunnel import Tunnel, open_tunnel
 
-TEMPLATE_DIR = REPO_ROOT / "slurm"
 VERSION = "0.1.0"
 
 # Slurm job states to podrun's, in one table.
@@ -66,7 +66,7 @@ def sbatch_value(value: object) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), trim_blocks=True, lstrip_blocks=True,
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir()), trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters["q"] = lambda value: shlex.quote(str(value))
     env.filters["sbatch"] = sbatch_value
@@ -107,17 +107,19 @@ def render_ray_sbatch(plan: LaunchPlan) -> str:
     from orchestrator.ray_runtime import PLAN_ENV, runtime_env
 
     slurm, profile = plan.profile.slurm, plan.profile
-    env = runtime_env(plan)
+    workdir = slurm.workdir or str(run_dir())  # Ray runs on the hosts: no pyxis container here
+    # A checkout goes as the working_dir; an installed podrun is in the hosts' Python (slurm.python).
+    code = {"working_dir": workdir} if slurm.workdir or checkout_root() else {}
+    env = {**code, **{k: v for k, v in runtime_env(plan).items() if k not in ("working_dir", "py_modules")}}
     env["env_vars"].pop(PLAN_ENV)  # the driver reads the plan file instead
-    workdir = slurm.workdir or str(REPO_ROOT)  # Ray runs on the hosts: no pyxis container here
-    env["working_dir"] = workdir
     plan_path = Path(plan.job.job_dir) / PLAN_FILE
     python = slurm.python
     return _environment().get_template("ray.sbatch.j2").render(
         **_header(plan), node_cpus=slurm.cpus_per_task or profile.cpus_per_node,
         ray_cpus=profile.cpus_per_node or 1, ray=profile.ray, plan_path=str(plan_path),
         config_heredoc="\n".join(config_heredoc(plan, plan_path, dump_plan(plan))),
-        workdir=workdir, python_dir=str(Path(python).parent) if "/" in python else "",
+        workdir=workdir, working_dir=code.get("working_dir"),
+        python_dir=str(Path(python).parent) if "/" in python else "",
         ray_port=profile.ray.gcs_port, dashboard_port=profile.ray.dashboard_port, join_timeout_s=300,
         runtime_env=json.dumps(env),
     )
@@ -127,7 +129,7 @@ def _workdir(plan: LaunchPlan) -> str:
     container = plan.profile.container
     if container and container.image and container.workdir:
         return container.workdir
-    return plan.profile.slurm.workdir or str(REPO_ROOT)
+    return plan.profile.slurm.workdir or str(run_dir())
 
 
 def parse_sbatch_id(stdout: str) -> str:
