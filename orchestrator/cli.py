@@ -98,8 +98,12 @@ def _resolve(args: argparse.Namespace):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from orchestrator.job_env import expected_message
+
     plan = _resolve(args)
     print(get_backend(_scheduler(plan, args)).render(plan), end="")
+    if expected_message(plan):  # secrets and ${VAR} are read when the script runs
+        print(f"podrun: {expected_message(plan)}", file=sys.stderr)
     return 0
 
 
