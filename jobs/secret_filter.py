@@ -32,10 +32,10 @@ MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_TAG_VALUE = 8000  # MAX_TAG_VAL_LENGTH
 MAX_KEY = 250  # MAX_ENTITY_KEY_LENGTH
 
-# "tokenizer", "max_tokens" and "author" are ordinary names; "authorization" is not
+# "tokenizer", "max_tokens", "author" and "auth_mode" are ordinary names; "authorization" is not
 _SECRET_KEY = re.compile(
     r"token(?!iz|s)|passw(?:or)?d|secret|api[_-]?key|credential|private[_-]?key"
-    r"|auth(?!or(?!iz))",
+    r"|auth(?!or(?!iz)|[_-]?(?:mode|type|method))",
     re.IGNORECASE,
 )
 _SECRET_VALUE = re.compile(
@@ -128,26 +128,34 @@ def clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- masking text
 
-# KEY=value, KEY: value, "KEY": "value": the key, the separator, the value
-_ASSIGNMENT = re.compile(
-    r"""(?P<key>["']?[A-Za-z_][\w.-]*["']?)(?P<sep>\s*[:=]\s*)"""
-    r"""(?P<value>"[^"\n]*"|'[^'\n]*'|[^\s,;}'"]+)"""
+# KEY=value anywhere; KEY: value where a YAML key starts a line, or "KEY": value (JSON)
+_VALUE = r"""(?P<value>"[^"\n]*"|'[^'\n]*'|[^\s,;}'"]+)"""
+_ASSIGNMENTS = (
+    re.compile(r"(?P<key>\b[A-Za-z_][\w.-]*)(?P<sep>=)" + _VALUE),
+    re.compile(r"(?P<key>^[ \t-]*[A-Za-z_][\w.-]*|\"[A-Za-z_][\w.-]*\")(?P<sep>[ \t]*:[ \t]*)" + _VALUE,
+               re.MULTILINE),
 )
 _REFERENCE = re.compile(r"""^["']?\$\{[A-Za-z_]\w*(?::-[^}]*)?\}["']?$""")
+_NOT_SECRET = {"", MASK, "null", "none", "true", "false"}
 
 
 def mask_text(text: str, known_secrets: frozenset[str] = frozenset()) -> str:
     """``text`` with every secret (by :func:`secret_reason`'s rule) shown as ``***``, keys kept."""
     for secret in sorted(known_secrets, key=len, reverse=True):
         text = text.replace(secret, MASK)
-    text = _ASSIGNMENT.sub(_mask_assignment, mask_uri(text))
+    text = mask_uri(text)
+    for assignment in _ASSIGNMENTS:
+        text = assignment.sub(_mask_assignment, text)
     text = _SECRET_VALUE.sub(MASK, text)
     return _LONG_RUN.sub(lambda m: MASK if _mixed_case_and_digits(m.group(0)) else m.group(0), text)
 
 
 def _mask_assignment(match: re.Match[str]) -> str:
-    key, value = match.group("key").strip("\"'"), match.group("value")
-    if not _SECRET_KEY.search(key) or _REFERENCE.match(value) or value.strip("\"'") in ("", MASK):
+    key, value = match.group("key").strip(" \t-\"'"), match.group("value")
+    bare = value.strip("\"'")
+    # a reference names where the value comes from; a path (token_file) is not the secret itself
+    if (not _SECRET_KEY.search(key) or _REFERENCE.match(value) or bare.lower() in _NOT_SECRET
+            or bare.startswith(("/", "~"))):
         return match.group(0)
     quote = value[0] if value[0] in "\"'" else ""
     return f"{match.group('key')}{match.group('sep')}{quote}{MASK}{quote}"

@@ -52,6 +52,7 @@ def detach_secrets(profile: ClusterProfile, uri: str) -> tuple[ClusterProfile, s
         if env is profile.env:
             env.update(credentials)
         for key, value in env.items():
+            shell_word(value, key)  # a default the script could not quote fails here, naming its key
             if _is_literal_secret(key, value, known):
                 secrets[key] = expand_string(value, os.environ)
                 env[key] = reference(key)
@@ -117,20 +118,23 @@ def expand_values(env: Mapping[str, str], environ: Mapping[str, str]) -> dict[st
     return {key: expand_string(value, environ) for key, value in env.items()}
 
 
-def shell_word(value: str) -> str:
-    """``value`` as one shell word whose ``${VAR}`` / ``${VAR:-default}`` expand when the script runs."""
+def shell_word(value: str, key: str = "") -> str:
+    """``value`` as one shell word whose ``${VAR}`` / ``${VAR:-default}`` expand when the script runs.
+
+    Raises:
+        ConfigError: a default holds a quote, ``\\``, ``$`` or a backquote (bash cannot
+            quote those inside ``${...}`` reliably).
+    """
     pieces = split_references(value)
     if all(match is None for _, match in pieces):
         return shlex.quote(value)
     word = ""
     for text, match in pieces:
         if match is None:
-            word += _double_quoted(text)
-        else:
-            default = match.group(2)
-            word += reference(match.group(1) + ("" if default is None else ":-" + _double_quoted(default)))
+            word += "".join("\\" + c if c in '\\"$`' else c for c in text)
+            continue
+        if any(c in (match.group(2) or "") for c in "'\"\\$`"):
+            raise ConfigError(f"profile env {key or value!r}: the default in {text} may not hold quotes, '\\', "
+                              f"'$' or '`': set {match.group(1)} in the environment instead")
+        word += text
     return f'"{word}"'
-
-
-def _double_quoted(text: str) -> str:
-    return "".join("\\" + c if c in '\\"$`' else c for c in text)

@@ -75,6 +75,9 @@ def test_mask_text_keeps_keys_and_references():
         f"export DB_PASSWORD='{MASK}'\nexport WANDB_API_KEY=\"${{MY_SECRET_TOKEN}}\"\n"
         f"tracking_uri: http://bob:{MASK}@host:5000\nmax_tokens: 4096\n\"api_key\": \"{MASK}\", \"lr\": 0.1\n"
         f"hf={MASK}\nknown: {MASK}")
+    ordinary = ("export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/job/ray_auth_token\n    token_file: null\n"
+                "# Ray's CLI (token auth: see above)\ngit_sha: 3f9a1c2d4e5b\nmax_tokens: 4096\n")
+    assert mask_text(ordinary) == ordinary
     assert mask_uri("https://u:p%40ss@h/x") == f"https://u:{MASK}@h/x"
     assert split_credentials("http://u:p%40ss@h:1/x") == (
         "http://h:1/x", {"MLFLOW_TRACKING_USERNAME": "u", "MLFLOW_TRACKING_PASSWORD": "p@ss"})
