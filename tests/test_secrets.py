@@ -171,6 +171,7 @@ def assert_owner_only(path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is readable by others ({oct(path.stat().st_mode)})"
 
 
+@pytest.mark.slow
 def test_a_job_with_secrets_everywhere_leaks_none(tmp_path, planted, podrun_home, monkeypatch, capsys):
     from mlflow import MlflowClient
 
