@@ -5,7 +5,10 @@ specs in ``orchestrator/``) derives from :class:`StrictModel`, which rejects unk
 :func:`validate` turns pydantic's report into one line naming the file, the key path and
 what was expected; an unknown key lists the keys that are valid at that place.
 
-``${VAR}`` and ``${VAR:-default}`` in strings are expanded here, in a dozen lines:
+``${VAR}`` and ``${VAR:-default}`` in strings are expanded here, in a dozen lines, except in
+the values of a mapping named ``env`` (a profile's ``env``, ``interconnect.env``,
+``slurm.login.env``): those keep the reference, so a secret stays out of every file podrun
+writes and the job reads it at run time (:mod:`orchestrator.job_env`).
 ``os.path.expandvars`` knows no ``:-default`` and leaves unknown variables in place, and
 ``string.Template`` knows neither, so no standard or common library does exactly this.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,7 @@ class StrictModel(BaseModel):
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping and expand ``${VAR}`` references in its strings.
+    """Read a YAML mapping and expand ``${VAR}`` references in its strings (``env`` mappings excepted).
 
     Raises:
         ConfigError: the file is missing, is not valid YAML or is not a mapping.
@@ -60,17 +64,47 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+KEPT_REFERENCES = "env"  # a mapping under this key keeps its ${VAR} references as written
 
 
 def expand_env(value: Any) -> Any:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a YAML document."""
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a YAML document.
+
+    The values of a mapping named ``env`` are left as written.
+    """
     if isinstance(value, dict):
-        return {key: expand_env(item) for key, item in value.items()}
+        return {key: item if key == KEPT_REFERENCES and isinstance(item, dict) else expand_env(item)
+                for key, item in value.items()}
     if isinstance(value, list):
         return [expand_env(item) for item in value]
     if isinstance(value, str):
-        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+        return expand_string(value)
     return value
+
+
+def expand_string(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """``text`` with ``${VAR}`` and ``${VAR:-default}`` replaced (an unset VAR without default: empty)."""
+    environ = os.environ if environ is None else environ
+    return _ENV_REF.sub(lambda m: environ.get(m.group(1), m.group(2) or ""), text)
+
+
+def env_references(text: str) -> list[tuple[str, str | None]]:
+    """The ``(VAR, default or None)`` of each ``${VAR}`` / ``${VAR:-default}`` in ``text``."""
+    return [(m.group(1), m.group(2)) for m in _ENV_REF.finditer(text)]
+
+
+def split_references(text: str) -> list[tuple[str, re.Match[str] | None]]:
+    """``text`` cut into literal pieces ``(text, None)`` and references ``(text, match)``."""
+    pieces: list[tuple[str, re.Match[str] | None]] = []
+    end = 0
+    for match in _ENV_REF.finditer(text):
+        if match.start() > end:
+            pieces.append((text[end:match.start()], None))
+        pieces.append((match.group(0), match))
+        end = match.end()
+    if end < len(text):
+        pieces.append((text[end:], None))
+    return pieces
 
 
 # --------------------------------------------------------------------------- validating

@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field
 
 from jobs.config_io import NAME_PATTERN, StrictModel, read_yaml, validate
+from jobs.private_files import write_private
 from jobs.recipe import Recipe
 
 CONFIG_FILE = "config.resolved.yaml"
@@ -82,9 +83,8 @@ def dump_resolved(job: ResolvedJob) -> str:
 
 
 def write_resolved(job: ResolvedJob, path: Path) -> None:
-    """Write ``job`` where :func:`load_resolved` reads it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump_resolved(job))
+    """Write ``job`` where :func:`load_resolved` reads it (readable by its owner only)."""
+    write_private(path, dump_resolved(job))
 
 
 def apply_array_task(job: ResolvedJob, env: dict[str, str]) -> ResolvedJob:

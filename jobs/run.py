@@ -16,6 +16,7 @@ from jobs import exit_codes
 from jobs.errors import PodrunError
 from jobs.job import ResolvedJob, apply_array_task, load_resolved
 from jobs.placement import detect_rank_env
+from jobs.secret_filter import install_log_masking
 
 
 def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = None) -> int:
@@ -24,6 +25,8 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
     ``hooks`` and ``resume_from`` let a backend (Ray Train) see checkpoints and pick the
     one to resume from; see :class:`jobs.train.Trainer`.
     """
+    os.umask(0o077)  # checkpoints, logs and the spool: readable by their owner only
+    install_log_masking()
     job = apply_array_task(job, dict(os.environ))
     early = detect_rank_env()
     # Rank 0 starts its MLflow sender before importing torch, so MLflow's own start-up

@@ -27,6 +27,7 @@ from typing import Any
 
 from jobs import mlflow_send
 from jobs.mlflow_send import METRICS_PER_BATCH, describe, is_permanent
+from jobs.secret_filter import export_credentials, install_log_masking, split_credentials
 from jobs.spool import META_FILE, Spool, SpoolError
 
 log = logging.getLogger("jobs.tracker")
@@ -206,9 +207,12 @@ def open_sender(spool_dir: Path, tracking_uri: str | None = None, **kwargs: Any)
         raise SpoolError(f"{spool_dir}: no tracking spool here ({META_FILE} is missing)")
     sender = Sender(spool, **kwargs)
     if tracking_uri:
-        sender.meta["tracking_uri"] = tracking_uri
+        sender.meta["tracking_uri"] = export_credentials(tracking_uri)  # no password in meta.json
     if not sender.meta.get("tracking_uri"):
         raise SpoolError(f"{spool_dir}: the spool names no tracking URI; pass one")
+    own = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if split_credentials(own)[0] == sender.meta["tracking_uri"]:  # `podrun sync` with the password in $MLFLOW_...
+        export_credentials(own)
     sender.load_unsent()
     return sender
 
@@ -275,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-interval", type=float, default=30.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    install_log_masking()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     sender = open_sender(args.spool, retry_interval_s=args.retry_interval, on_run=write_run_id(args.run_info))
     sender.warm_up()

@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from jobs.mlflow_send import describe
-from jobs.secret_filter import MAX_PARAM_VALUE, MAX_TAG_VALUE, clean_metrics, clean_strings, known_secret_values
+from jobs.secret_filter import (
+    MAX_PARAM_VALUE,
+    MAX_TAG_VALUE,
+    clean_metrics,
+    clean_strings,
+    export_credentials,
+    known_secret_values,
+    mask_text,
+)
 from jobs.sender import Sender, replay_spool
 from jobs.spool import Spool
 
@@ -44,6 +52,7 @@ log = logging.getLogger(__name__)
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 T = TypeVar("T")
 SENDER_DRAIN_TIMEOUT_S = 300  # finish() waits this long for the sender; the spool keeps the rest
+MAX_MASKED_BYTES = 16 << 20  # text artifacts up to this size are masked; larger ones (timelines) go as they are
 
 
 def never_raise(default: T) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -102,6 +111,7 @@ class Tracker:
     @never_raise(None)
     def _start(self, uri: str, experiment: str, run_id: str | None, run_name: str | None, background: bool,
                run_info_dir: Path | None) -> None:
+        uri = export_credentials(uri)  # a password never lands in the spool
         self._secrets = known_secret_values()
         meta = self.spool.read_meta()
         if run_id and meta.get("run_id") not in (None, run_id):
@@ -175,14 +185,20 @@ class Tracker:
 
     @never_raise(None)
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        """Upload a file or folder; if that cannot happen now, a copy waits in the spool."""
+        """Upload a file or folder; if that cannot happen now, a copy waits in the spool.
+
+        A text file goes up with its secrets masked (:func:`jobs.secret_filter.mask_text`):
+        the upload is then always the spool's masked copy.
+        """
         path = Path(path)
         if not path.exists():
             log.warning("tracking: artifact %s does not exist; not logged", path)
             return
         record = {"kind": "artifact", "src": str(path.resolve()), "artifact_path": artifact_path}
-        if self._sender is None:  # sent later by the process: keep the file as it is now
-            self._keep_copy(record, path, seq=self._seq + 1)
+        masked = self._masked_text(path)
+        # sent later by the process, or masked: send the file as it is now, from the spool
+        if self._sender is None or masked is not None:
+            self._keep_copy(record, path, seq=self._seq + 1, text=masked)
             self._submit(record)
             return
         self._submit(record)
@@ -245,10 +261,23 @@ class Tracker:
             self._process = None
         return bool(self.spool.read_meta().get("done"))
 
-    def _keep_copy(self, record: dict[str, Any], path: Path, seq: int | None = None) -> None:
+    def _masked_text(self, path: Path) -> str | None:
+        """A text file's content with secrets masked, if masking changes it (None otherwise)."""
+        if not path.is_file() or path.stat().st_size > MAX_MASKED_BYTES:
+            return None
+        try:
+            text = path.read_text()
+        except (UnicodeDecodeError, OSError):
+            return None
+        masked = mask_text(text, self._secrets)
+        return masked if masked != text else None
+
+    def _keep_copy(self, record: dict[str, Any], path: Path, seq: int | None = None, text: str | None = None) -> None:
         target = self.spool.artifact_copy(record["seq"] if seq is None else seq) / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_dir():
+        if text is not None:
+            target.write_text(text)
+        elif path.is_dir():
             shutil.copytree(path, target, dirs_exist_ok=True)
         else:
             shutil.copy2(path, target)

@@ -110,10 +110,13 @@ def _resolve(args: argparse.Namespace):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from orchestrator.job_env import expected_message
     from orchestrator.paths import annotate
 
     plan = _resolve(args)
     print(annotate(get_backend(_scheduler(plan, args)).render(plan), plan.sources), end="")
+    if expected_message(plan):  # secrets and ${VAR} are read when the script runs
+        print(f"podrun: {expected_message(plan)}", file=sys.stderr)
     return 0
 
 

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from jobs import exit_codes
 from jobs.checkpoint_index import read_run_info
 from jobs.progress import parse_progress
+from jobs.secret_filter import mask_uri
 from jobs.spool import spool_pending
 from orchestrator.backends.base import Backend
 from orchestrator.jobstore import SUCCEEDED, JobRecord
@@ -63,14 +64,15 @@ def _summary(record: JobRecord, console: Console) -> None:
     if record.exit_code == exit_codes.PREEMPTED or record.state == "CANCELLED":
         console.print("resume with: podrun launch <same job> --resume", markup=False)
     if run_id:
-        console.print(f"MLflow run {run_id} in {record.tracking_uri}", markup=False)
+        console.print(f"MLflow run {run_id} in {mask_uri(record.tracking_uri)}", markup=False)
         console.print(ui_hint(record.tracking_uri, run_id, info.get("mlflow_experiment_id")), markup=False)
     elif spool_pending(Path(record.job_dir) / "mlflow-spool"):
         console.print(f"MLflow was unreachable; records are kept: podrun sync {record.job_id}", markup=False)
 
 
 def ui_hint(tracking_uri: str, run_id: str, experiment_id: str | None = None) -> str:
-    """How to open a run in the MLflow UI."""
+    """How to open a run in the MLflow UI (a password in the URI shows as ``***``)."""
+    tracking_uri = mask_uri(tracking_uri)
     page = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id else f"#/runs/{run_id}"
     if tracking_uri.startswith(("http://", "https://")):
         return f"open: {tracking_uri.rstrip('/')}/{page}"

@@ -8,15 +8,15 @@ and submit plans; ranks only ever see ``plan.job``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 
 from jobs.config_io import NAME_PATTERN, StrictModel, read_yaml, validate
 from jobs.job import HorovodConfig, ResolvedJob
+from jobs.private_files import write_private
 from orchestrator.backends import check_backend_name
 from orchestrator.profiles import ClusterProfile
 
@@ -47,6 +47,12 @@ class LaunchPlan(StrictModel):
     job: ResolvedJob
     sources: dict[str, str] = Field(default_factory=dict, exclude=True,
                                     description="the files read (job spec, recipe, cluster file); render names them")
+    # Secret values whose env entries read ${NAME}; held in memory, never written (orchestrator.job_env).
+    _secret_env: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def secret_env(self) -> dict[str, str]:
+        return self._secret_env
 
     # The rank job's most used fields, read through the plan.
     backend = property(lambda self: self.job.backend)
@@ -72,10 +78,7 @@ def dump_plan(plan: LaunchPlan) -> str:
 
 def write_plan(plan: LaunchPlan, path: Path) -> None:
     """Write the plan for the launcher's own processes (the local supervisor), readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(dump_plan(plan))
+    write_private(path, dump_plan(plan))
 
 
 def load_plan_file(path: Path) -> LaunchPlan:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.private_files import write_private
 from orchestrator.errors import PodrunError
 
 # One explicit state table for every backend (see each backend's *_STATES mapping).
@@ -49,10 +50,9 @@ class JobRecord:
         return Path(self.job_dir) / "job.json"
 
     def save(self) -> None:
-        """Write the record atomically (a reader never sees half a file)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the record atomically (a reader never sees half a file), readable by its owner only."""
         tmp = self.path.with_name(f".job.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        write_private(tmp, json.dumps(asdict(self), indent=2, sort_keys=True))
         os.replace(tmp, self.path)
 
     @classmethod

@@ -23,10 +23,15 @@ PLAN_ENV = "PODRUN_LAUNCH_PLAN"
 DRIVER_MODULE = "orchestrator.ray_job"
 
 
-def runtime_env(plan: LaunchPlan) -> dict[str, Any]:
-    """The Ray runtime_env: podrun's code (see :func:`code_env`), minus data and checkpoints, plus the plan."""
+def runtime_env(plan: LaunchPlan, env_vars: dict[str, str]) -> dict[str, Any]:
+    """The Ray runtime_env: podrun's code (see :func:`code_env`), minus data and checkpoints, the plan,
+    and ``env_vars``.
+
+    Ray shows a runtime_env's env_vars in its dashboard: a secret passed this way is
+    visible to whoever can open it (prefer the cluster's own secret store).
+    """
     return {**code_env(), "excludes": list(plan.profile.ray.excludes),
-            "env_vars": {PLAN_ENV: dump_plan(plan), "PYTHONUNBUFFERED": "1", **plan.profile.env}}
+            "env_vars": {PLAN_ENV: dump_plan(plan), "PYTHONUNBUFFERED": "1", **env_vars}}
 
 
 def code_env() -> dict[str, Any]:

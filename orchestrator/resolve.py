@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from jobs.checkpoint_index import latest_checkpoint
-from jobs.config_io import deep_merge, parse_set, read_yaml, set_dotted, validate
+from jobs.config_io import deep_merge, expand_env, parse_set, read_yaml, set_dotted, validate
 from jobs.job import ResolvedJob
 from jobs.recipe import Recipe
 from orchestrator.errors import ConfigError
+from orchestrator.job_env import detach_secrets
 from orchestrator.jobspec import JobSpec, LaunchPlan
 from orchestrator.paths import checkout_root, find_cluster_file, find_job_spec, find_recipe
 from orchestrator.profiles import ClusterProfile, load_profiles
@@ -142,6 +143,7 @@ def load_job(
     if backend:
         spec.backend = backend
     profile = _load_profile(spec.cluster, cluster_file, profile_overrides, sources)
+    profile, uri, secret_env = detach_secrets(profile, tracking_uri(profile))
     recipe = load_recipe(spec.recipe, spec.preset, recipe_overrides, sources)
     chosen_backend = spec.backend or profile.scheduler
     tasks = _tasks_per_node(spec, profile, chosen_backend)
@@ -167,11 +169,13 @@ def load_job(
         data_dir=str(_absolute(profile, profile.data_root) / recipe.data.dataset),
         checkpoint_dir=str(checkpoint_dir),
         job_dir=str(state_dir / "jobs" / job_id),
-        tracking_uri=tracking_uri(profile),
+        tracking_uri=uri,
         experiment=profile.mlflow.experiment or recipe.name,
         git_sha=git_sha(),
     )
-    return LaunchPlan(spec=spec, profile=profile, job=job, sources=sources)
+    plan = LaunchPlan(spec=spec, profile=profile, job=job, sources=sources)
+    plan.secret_env.update(secret_env)
+    return plan
 
 
 def tracking_uri(profile: ClusterProfile) -> str:
@@ -190,7 +194,7 @@ def _load_profile(name: str, cluster_file: str | None, overrides: dict[str, Any]
         raise ConfigError(f"{path}: no cluster profile '{name}'; profiles: {', '.join(sorted(profiles))}")
     if not overrides:
         return profiles[name]
-    merged = deep_merge(profiles[name].model_dump(), overrides)
+    merged = deep_merge(profiles[name].model_dump(), expand_env(overrides))  # as in cluster.yaml
     return validate(ClusterProfile, merged, f"{path} (profile {name} with --set profile.*)")
 
 

@@ -4,17 +4,25 @@ A tunnel runs a command, writes a file and reads a file. :class:`SSHTunnel` uses
 with the host key checked against known_hosts (``RejectPolicy``: an unknown or changed key
 is refused, never added), key or agent authentication, and one connection reused for
 every call of a command.
+
+Environment variables for a command (the profile's ``slurm.login.env``, and what ``sbatch``
+must pass to the job: see :mod:`orchestrator.job_env`) travel in the channel's input, which
+the remote shell evaluates (``eval "$(cat)"``): never in the command line, which ``ps``
+shows on the login node. Files are written readable by their owner only.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.private_files import FILE_MODE, private_dir, write_private
 from orchestrator.errors import BackendError
+from orchestrator.job_env import expand_values
 from orchestrator.profiles import LoginConfig
 
 
@@ -27,12 +35,12 @@ class CommandResult:
 
 class Tunnel(ABC):
     @abstractmethod
-    def run(self, argv: list[str], timeout: float = 60) -> CommandResult:
-        """Run ``argv``; a missing program gives returncode 127."""
+    def run(self, argv: list[str], timeout: float = 60, env: dict[str, str] | None = None) -> CommandResult:
+        """Run ``argv`` with ``env`` added to its environment; a missing program gives returncode 127."""
 
     @abstractmethod
-    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
-        """Create ``path`` (and its folders) with ``text``."""
+    def write_text(self, path: str, text: str, mode: int = FILE_MODE) -> None:
+        """Create ``path`` with ``text``, its folder readable by its owner only."""
 
     @abstractmethod
     def read_text(self, path: str, offset: int = 0) -> str | None:
@@ -43,20 +51,19 @@ class Tunnel(ABC):
 
 
 class LocalTunnel(Tunnel):
-    def run(self, argv: list[str], timeout: float = 60) -> CommandResult:
+    def run(self, argv: list[str], timeout: float = 60, env: dict[str, str] | None = None) -> CommandResult:
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                                  env=os.environ | env if env else None)
         except FileNotFoundError:
             return CommandResult(127, "", f"{argv[0]}: command not found")
         except subprocess.TimeoutExpired:
             raise BackendError(f"'{shlex.join(argv)}' did not answer within {timeout:.0f} s") from None
         return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
-    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        target.chmod(mode)
+    def write_text(self, path: str, text: str, mode: int = FILE_MODE) -> None:
+        private_dir(Path(path).parent)
+        write_private(Path(path), text, mode)
 
     def read_text(self, path: str, offset: int = 0) -> str | None:
         try:
@@ -122,19 +129,23 @@ class SSHTunnel(Tunnel):
             self._sftp = self._connect().open_sftp()
         return self._sftp
 
-    def run(self, argv: list[str], timeout: float = 60) -> CommandResult:
-        exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in self.login.env.items())
-        command = exports + shlex.join(argv)
-        _, stdout, stderr = self._connect().exec_command(command, timeout=timeout)
+    def run(self, argv: list[str], timeout: float = 60, env: dict[str, str] | None = None) -> CommandResult:
+        # login.env keeps ${VAR} as written: its values come from this machine's environment
+        variables = expand_values(self.login.env, os.environ) | (env or {})
+        command = ('eval "$(cat)"; ' if variables else "") + shlex.join(argv)
+        stdin, stdout, stderr = self._connect().exec_command(command, timeout=timeout)
+        if variables:
+            stdin.write("".join(f"export {k}={shlex.quote(v)}\n" for k, v in variables.items()))
+            stdin.channel.shutdown_write()
         out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
         return CommandResult(stdout.channel.recv_exit_status(), out, err)
 
-    def write_text(self, path: str, text: str, mode: int = 0o644) -> None:
-        self.run(["mkdir", "-p", str(Path(path).parent)])
+    def write_text(self, path: str, text: str, mode: int = FILE_MODE) -> None:
+        self.run(["install", "-d", "-m", "700", str(Path(path).parent)])  # the mode, even if it exists
         sftp = self._sftp_client()
         with sftp.open(path, "w") as handle:
+            handle.chmod(mode)  # before the first byte
             handle.write(text)
-        sftp.chmod(path, mode)
 
     def read_text(self, path: str, offset: int = 0) -> str | None:
         try:

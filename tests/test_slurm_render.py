@@ -66,7 +66,8 @@ def test_injection_attempts_are_quoted(fixed, tmp_path, monkeypatch):
     canary = tmp_path / "pwned"
     evil = f"$(touch {canary})`touch {canary}`'\"; touch {canary}"
     cluster = tmp_path / "cluster.yaml"
-    profile = {"scheduler": "slurm", "gpus_per_node": 0, "state_dir": f"{tmp_path}/state", "env": {"EVIL": evil},
+    env = {"EVIL": evil, "ODD_DEFAULT": "${PODRUN_UNSET_VAR:-a b*;&|<>()#~}"}  # a reference's default is data too
+    profile = {"scheduler": "slurm", "gpus_per_node": 0, "state_dir": f"{tmp_path}/state", "env": env,
                "slurm": {"partition": evil, "python": evil, "extra_flags": [f"--comment={evil}"]}}
     cluster.write_text(yaml.safe_dump({"profiles": {"c": profile}}))
     job = resolve.load_job("resnet50:tiny", [f"data.dataset={evil}", "cluster=c"], cluster_file=str(cluster))
@@ -79,6 +80,12 @@ def test_injection_attempts_are_quoted(fixed, tmp_path, monkeypatch):
     assert not canary.exists(), proc.stdout + proc.stderr
     written = (Path(job.job_dir) / "config.resolved.yaml").read_text()
     assert f"touch {canary}" in written  # the value arrived as data, intact
+    exported = subprocess.run(["bash", "-c", f"sed -n '/^export ODD_DEFAULT=/p' {script} > {tmp_path}/odd.sh; "
+                               f". {tmp_path}/odd.sh; printf %s \"$ODD_DEFAULT\""], capture_output=True, text=True)
+    assert exported.stdout == "a b*;&|<>()#~", exported
+    cluster.write_text(yaml.safe_dump({"profiles": {"c": profile | {"env": {"EVIL": f"${{X:-{evil}}}"}}}}))
+    with pytest.raises(ConfigError, match="set X in the environment instead"):
+        render_sbatch(resolve.load_job("resnet50:tiny", ["cluster=c"], cluster_file=str(cluster)))
 
 
 def test_values_spanning_lines_are_refused(fixed):

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from jobs.job import CONFIG_FILE, dump_resolved, write_resolved
+from jobs.private_files import private_dir, write_private
 from orchestrator.errors import BackendError, PodrunError
+from orchestrator.job_env import check_submission_environment
 from orchestrator.jobspec import PLAN_FILE, LaunchPlan, write_plan
 from orchestrator.jobstore import FAILED, JobRecord, is_terminal
 
@@ -57,15 +59,20 @@ class Backend(ABC):
     def submit(self, plan: LaunchPlan) -> JobRecord:
         """Write the job's files (resolved config, plan, rendered script, record), then schedule it.
 
-        The record and a copy of the files stay here, under ``$PODRUN_HOME/jobs/<id>``,
-        whatever cluster runs the job.
+        The record and a copy of the files stay here, under ``$PODRUN_HOME/jobs/<id>``
+        (readable by their owner only), whatever cluster runs the job.
+
+        Raises:
+            ConfigError: the profile's env reads a variable that is not set here.
+            PodrunError: the scheduler refused the job (the record says so too).
         """
         from orchestrator.resolve import podrun_home
 
-        job, job_dir = plan.job, podrun_home() / "jobs" / plan.job_id
+        check_submission_environment(plan)
+        job, job_dir = plan.job, private_dir(podrun_home() / "jobs" / plan.job_id)
         write_resolved(job, job_dir / CONFIG_FILE)
         write_plan(plan, job_dir / PLAN_FILE)
-        (job_dir / "render.txt").write_text(self.render(plan))
+        write_private(job_dir / "render.txt", self.render(plan))
         record = JobRecord(
             job_id=job.job_id, name=job.name, backend=self.name, recipe=job.recipe.name,
             cluster=plan.profile.name, job_dir=str(job_dir), checkpoint_dir=job.checkpoint_dir,

@@ -20,6 +20,7 @@ from jobs import exit_codes
 from jobs.job import CONFIG_FILE
 from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.errors import BackendError, ConfigError
+from orchestrator.job_env import expected_comment, shell_word, submission_environment
 from orchestrator.jobspec import PLAN_FILE, LaunchPlan, dump_plan
 from orchestrator.jobstore import (
     CANCELLED,
@@ -69,12 +70,13 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir()), trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters["q"] = lambda value: shlex.quote(str(value))
+    env.filters["shell_word"] = shell_word  # quoted, but ${VAR} expands when the script runs
     env.filters["sbatch"] = sbatch_value
     return env
 
 
 def job_environment(plan: LaunchPlan) -> dict[str, str]:
-    """The variables the script exports: NCCL/IB settings, timeouts, then the profile's own."""
+    """The variables the script exports: NCCL/IB settings, timeouts, then the profile's own (``${VAR}`` kept)."""
     env = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_DEBUG": "WARN", "PYTHONUNBUFFERED": "1"}
     env.update(plan.profile.interconnect.env)
     env.update(plan.profile.env)
@@ -88,7 +90,8 @@ def _header(plan: LaunchPlan) -> dict[str, object]:
                 profile=plan.profile.name, name=job.name, nodes=job.nodes, world_size=job.world_size,
                 gpus=job.tasks_per_node if job.device == "cuda" else 0, slurm=plan.profile.slurm,
                 log_dir=str(job_dir / "logs"), script_path=str(job_dir / "job.sbatch"), job_dir=str(job_dir),
-                env=job_environment(plan), python=plan.profile.slurm.python)
+                env=job_environment(plan), python=plan.profile.slurm.python,
+                expected="\n".join(expected_comment(job_environment(plan))))
 
 
 def render_sbatch(plan: LaunchPlan) -> str:
@@ -110,7 +113,8 @@ def render_ray_sbatch(plan: LaunchPlan) -> str:
     workdir = slurm.workdir or str(run_dir())  # Ray runs on the hosts: no pyxis container here
     # A checkout goes as the working_dir; an installed podrun is in the hosts' Python (slurm.python).
     code = {"working_dir": workdir} if slurm.workdir or checkout_root() else {}
-    env = {**code, **{k: v for k, v in runtime_env(plan).items() if k not in ("working_dir", "py_modules")}}
+    # the profile's env: exported by the script, inherited by the Ray nodes
+    env = {**code, **{k: v for k, v in runtime_env(plan, {}).items() if k not in ("working_dir", "py_modules")}}
     env["env_vars"].pop(PLAN_ENV)  # the driver reads the plan file instead
     plan_path = Path(plan.job.job_dir) / PLAN_FILE
     python = slurm.python
@@ -175,9 +179,10 @@ class SlurmBackend(Backend):
         job, login = plan.job, plan.profile.slurm.login
         tunnel = self.tunnel(login)
         script_path = str(Path(job.job_dir) / "job.sbatch")
-        tunnel.write_text(script_path, self.render(plan), mode=0o755)
+        tunnel.write_text(script_path, self.render(plan), mode=0o700)
         tunnel.run(["mkdir", "-p", str(Path(job.job_dir) / "logs")])
-        result = tunnel.run(["sbatch", "--parsable", script_path])
+        # sbatch passes its environment to the job: the script's ${VAR} and secrets come from here
+        result = tunnel.run(["sbatch", "--parsable", script_path], env=submission_environment(plan))
         if result.returncode == 127:
             raise BackendError("sbatch not found: install the Slurm client here, or set the profile's slurm.login "
                                "to submit through a login node")
