@@ -14,8 +14,8 @@ from typing import Any
 
 from jobs import exit_codes
 from jobs.errors import PodrunError
-from jobs.job import ResolvedJob, apply_array_task, load_resolved
-from jobs.placement import detect_rank_env
+from jobs.job import ResolvedJob, apply_array_task, apply_node_paths, load_resolved
+from jobs.placement import detect_rank_env, node_name
 
 
 def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = None) -> int:
@@ -24,7 +24,7 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
     ``hooks`` and ``resume_from`` let a backend (Ray Train) see checkpoints and pick the
     one to resume from; see :class:`jobs.train.Trainer`.
     """
-    job = apply_array_task(job, dict(os.environ))
+    job = apply_node_paths(apply_array_task(job, dict(os.environ)), node_name())
     early = detect_rank_env()
     # Rank 0 starts its MLflow sender before importing torch, so MLflow's own start-up
     # (seconds of imports and store set-up, in another process) overlaps torch's.

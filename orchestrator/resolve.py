@@ -20,6 +20,7 @@ from jobs.job import ResolvedJob
 from jobs.recipe import Recipe
 from orchestrator.errors import ConfigError
 from orchestrator.jobspec import JobSpec, LaunchPlan
+from orchestrator.preflight import preflight_spec
 from orchestrator.profiles import REPO_ROOT, ClusterProfile, cluster_file_path, load_profiles
 from orchestrator.scaling import derive
 
@@ -162,6 +163,7 @@ def load_job(
         tracking_uri=tracking_uri(profile),
         experiment=profile.mlflow.experiment or recipe.name,
         git_sha=git_sha(),
+        preflight=preflight_spec(profile, chosen_backend),
     )
     return LaunchPlan(spec=spec, profile=profile, job=job)
 

@@ -28,6 +28,7 @@ def make_profile(tmp_path: Path, digits_root: Path, login: dict | None = None, *
         "state_dir": str(tmp_path / "state"),
         # node1 and node2 are names of this one host, unknown to DNS
         "env": {"MASTER_ADDR": "127.0.0.1"},
+        "preflight": {"enabled": False},  # the preflight tests pay for it (tests/test_preflight_slurm.py)
         "slurm": {"partition": "debug", "time": "00:20:00", "exclusive": False, "mem_zero": False,
                   "cpu_bind": None, "python": sys.executable, "workdir": str(REPO), **slurm},
     }
