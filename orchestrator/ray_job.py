@@ -23,6 +23,7 @@ from jobs import exit_codes
 from jobs.config_io import read_yaml, validate
 from orchestrator.errors import PodrunError
 from orchestrator.jobspec import LaunchPlan
+from orchestrator.preflight_ray import run_ray_preflight  # before ray.init(), which re-unpacks working_dir here
 from orchestrator.ray_runtime import PLAN_ENV
 
 
@@ -105,8 +106,6 @@ def fit(plan: LaunchPlan) -> int:
 
 def preflight(plan: LaunchPlan) -> int:
     """The node checks, one Ray task per node; their outcome as the driver's exit code."""
-    from orchestrator.preflight_ray import run_ray_preflight
-
     code = run_ray_preflight(plan)
     if code == exit_codes.SUCCESS:
         print("[ray] preflight passed", flush=True)
