@@ -17,10 +17,9 @@ from typing import Any
 from jobs import exit_codes
 from jobs.preflight.node import preflight_dir
 from jobs.preflight.result import read_report
+from jobs.preflight.spec import STARTUP_MARGIN_S
 from orchestrator.jobspec import LaunchPlan
 from orchestrator.preflight import Excluded, decide
-
-TASK_MARGIN_S = 120  # start-up and imports on top of the checks' own timeouts
 
 
 def say(message: str) -> None:
@@ -69,7 +68,7 @@ def run_ray_preflight(plan: LaunchPlan) -> int:
     config = plan.job.model_dump(mode="json")
     refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
             .remote(config, task_env(plan, nodes, names, rank)) for rank, node in enumerate(nodes)]
-    limit = sum(spec.timeouts.model_dump().values()) + TASK_MARGIN_S if spec else TASK_MARGIN_S
+    limit = spec.budget_s() if spec else STARTUP_MARGIN_S
     try:
         code = int(ray.get(refs, timeout=limit)[0])
     except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as exc:

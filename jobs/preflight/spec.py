@@ -16,6 +16,7 @@ from jobs.config_io import StrictModel
 
 CheckName = Literal["gpu", "infiniband", "collectives", "storage", "software"]
 CHECKS: tuple[CheckName, ...] = ("gpu", "infiniband", "collectives", "storage", "software")
+STARTUP_MARGIN_S = 120
 
 
 class CheckTimeouts(StrictModel):
@@ -41,6 +42,10 @@ class PreflightSettings(StrictModel):
         None, gt=0, description="expected port rate; None: every listed port runs at the node's fastest rate")
     allreduce_mb: float = Field(32, gt=0, description="the all-reduce test's buffer per rank (MB)")
     timeouts: CheckTimeouts = Field(default_factory=CheckTimeouts)
+
+    def budget_s(self) -> float:
+        """The longest a whole preflight may take: every check's timeout plus start-up (imports, srun)."""
+        return sum(self.timeouts.model_dump().values()) + STARTUP_MARGIN_S
 
     def runs(self, name: CheckName) -> bool:
         """Whether ``name`` runs (a check that is off is reported as skipped)."""
