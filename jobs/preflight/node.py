@@ -217,7 +217,7 @@ def _software_cell(node: str, data: dict[str, Any], versions: dict[str, dict[str
 
 def finish(job: ResolvedJob, folder: Path, report: Report, started: float) -> int:
     """Write, print and return the outcome of rank 0."""
-    report.duration_s = time.time() - started
+    report.duration_s, report.attempt = time.time() - started, folder.name
     report.write(folder)
     report.write(preflight_dir(job))
     for line in report.table().splitlines():

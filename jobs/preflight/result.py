@@ -9,7 +9,6 @@ as JSON (``report.json``, what the launcher and MLflow read) and as a table
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,9 +159,3 @@ def node_file(folder: Path, node: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in node)
     return Path(folder) / f"node-{safe}.json"
 
-
-def unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
