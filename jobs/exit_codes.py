@@ -8,12 +8,14 @@ SUCCESS = 0  # the recipe reached its target (run_stop status=success)
 FAILED = 1  # an error
 NOT_REACHED = 2  # all epochs ran without reaching the target (run_stop status=aborted)
 PREEMPTED = 3  # stopped on a signal after writing a checkpoint; resume or requeue it
+PREFLIGHT_FAILED = 4  # a node failed its preflight checks; training did not start
 
 DESCRIPTIONS = {
     SUCCESS: "reached target",
     FAILED: "failed",
     NOT_REACHED: "finished without reaching target",
     PREEMPTED: "stopped after a checkpoint (resume with --resume)",
+    PREFLIGHT_FAILED: "stopped before training: a node failed preflight (see the job log)",
 }
 
 OUTCOME_FILE = "outcome.json"

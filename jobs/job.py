@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field
 
 from jobs.config_io import NAME_PATTERN, StrictModel, read_yaml, validate
+from jobs.preflight.spec import PreflightSpec
 from jobs.private_files import write_private
 from jobs.recipe import Recipe
 
@@ -66,6 +67,7 @@ class ResolvedJob(StrictModel):
     tracking_uri: str
     experiment: str = Field(description="the MLflow experiment")
     git_sha: str = "unknown"
+    preflight: PreflightSpec | None = Field(None, description="the node checks before training; None: off")
 
 
 def load_resolved(path: Path) -> ResolvedJob:
@@ -96,4 +98,17 @@ def apply_array_task(job: ResolvedJob, env: dict[str, str]) -> ResolvedJob:
     job.recipe.train.seed += int(task)
     job.checkpoint_dir = str(Path(job.checkpoint_dir) / f"array-{task}")
     job.job_dir = str(Path(job.job_dir) / f"array-{task}")
+    return job
+
+
+NODE_PLACEHOLDER = "%n"
+
+
+def apply_node_paths(job: ResolvedJob, node: str) -> ResolvedJob:
+    """Replace ``%n`` in the data and checkpoint folders by this node's name (node-local storage)."""
+    if NODE_PLACEHOLDER not in job.data_dir + job.checkpoint_dir:
+        return job
+    job = job.model_copy(deep=True)
+    job.data_dir = job.data_dir.replace(NODE_PLACEHOLDER, node)
+    job.checkpoint_dir = job.checkpoint_dir.replace(NODE_PLACEHOLDER, node)
     return job

@@ -39,6 +39,12 @@ def detect_rank_env(env: dict[str, str] | None = None) -> RankInfo:
     return RankInfo(0, 1, 0)
 
 
+def node_name(env: dict[str, str] | None = None) -> str:
+    """This node's name: ``PODRUN_NODE_NAME`` (set by a launcher), Slurm's ``SLURMD_NODENAME``, else the host's."""
+    env = os.environ if env is None else env
+    return env.get("PODRUN_NODE_NAME") or env.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+
+
 def expand_hostlist(text: str) -> list[str]:
     """Expand a Slurm hostlist (``node[1-3,7],gpu[01-02]x``) into host names, in order.
 

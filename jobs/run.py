@@ -14,8 +14,8 @@ from typing import Any
 
 from jobs import exit_codes
 from jobs.errors import PodrunError
-from jobs.job import ResolvedJob, apply_array_task, load_resolved
-from jobs.placement import detect_rank_env
+from jobs.job import ResolvedJob, apply_array_task, apply_node_paths, load_resolved
+from jobs.placement import detect_rank_env, node_name
 from jobs.secret_filter import install_log_masking
 
 
@@ -27,7 +27,7 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
     """
     os.umask(0o077)  # checkpoints, logs and the spool: readable by their owner only
     install_log_masking()
-    job = apply_array_task(job, dict(os.environ))
+    job = apply_node_paths(apply_array_task(job, dict(os.environ)), node_name())
     early = detect_rank_env()
     # Rank 0 starts its MLflow sender before importing torch, so MLflow's own start-up
     # (seconds of imports and store set-up, in another process) overlaps torch's.

@@ -16,6 +16,7 @@ from jobs import exit_codes
 from jobs.checkpoint_index import read_run_info, update_run_info
 from jobs.job import ResolvedJob
 from jobs.placement import RankInfo
+from jobs.preflight.record import log_preflight
 from jobs.tracker import Tracker
 
 RUN_STATUS = {exit_codes.SUCCESS: "FINISHED", exit_codes.NOT_REACHED: "FINISHED", exit_codes.PREEMPTED: "KILLED"}
@@ -117,6 +118,7 @@ class RunTracking:
             tags |= {"slurm_job_id": os.environ["SLURM_JOB_ID"],
                      "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT", "0")}
         self.tracker.set_tags(tags)
+        log_preflight(self.tracker, self.job_dir, step=len(attempts))
 
     def step_metrics(self, step: int, loss: float, lr: float, rate: float, unit: str) -> None:
         self.tracker.log_metrics({"train_loss": loss, "lr": lr, f"throughput_{unit}_per_s": rate}, step=step)

@@ -6,6 +6,7 @@
     podrun runs | podrun status ID | podrun logs ID -f | podrun cancel ID
     podrun sync ID                            # send MLflow records kept while the server was down
     podrun init                               # copy the bundled cluster.yaml and a job spec here to edit
+    podrun preflight recipes/jobs/resnet50-superpod.yaml   # check the nodes a job would get, print a table
 
 Errors the user can fix print one line (``podrun: error: ...``) and exit 2.
 """
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--detach", action="store_true", help="return once submitted; follow with 'podrun logs ID -f'")
     render = sub.add_parser("render", help="print exactly what 'launch' would run, without running it")
     _job_arguments(render)
+    for command in (launch, render):
+        command.add_argument("--no-preflight", action="store_true", help="skip the node checks for this launch")
+    preflight = sub.add_parser("preflight", help="check the nodes a job would get (GPUs, InfiniBand, collectives, "
+                                                 "storage, software) and print a node x check table")
+    _job_arguments(preflight)
     for name, text in (("status", "show a job's state"), ("cancel", "stop a job (ranks checkpoint first)")):
         sub.add_parser(name, help=text).add_argument("job_id")
     logs = sub.add_parser("logs", help="print a job's log")
@@ -102,11 +108,14 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- commands
 
 
-def _resolve(args: argparse.Namespace):
+def _resolve(args: argparse.Namespace, job_id: str | None = None):
     from orchestrator.resolve import load_job
 
-    return load_job(args.job, args.assignments, cluster_file=args.cluster_file, backend=args.backend,
-                    resume=args.resume)
+    plan = load_job(args.job, args.assignments, cluster_file=args.cluster_file, backend=args.backend,
+                    resume=args.resume, job_id=job_id)
+    if getattr(args, "no_preflight", False):
+        plan.job.preflight = None
+    return plan
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -163,6 +172,13 @@ def _check_data(job) -> None:
         hint = "podrun data digits" if job.recipe.data.dataset == "digits" else "podrun data synthetic"
         raise DataError(f"data set not found at {job.data_dir}: create it with '{hint} {job.data_dir}', "
                         f"or point data.dataset (--set data.dataset=/path) or the profile's data_root at it")
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from orchestrator.preflight_cmd import preflight_job_id, run_preflight
+
+    plan = _resolve(args, job_id=preflight_job_id(args.job, args.assignments))
+    return run_preflight(plan, _scheduler(plan, args))
 
 
 def _record(job_id: str):
@@ -257,4 +273,5 @@ def cmd_init(args: argparse.Namespace) -> int:
 COMMANDS = {
     "launch": cmd_launch, "render": cmd_render, "status": cmd_status, "logs": cmd_logs,
     "cancel": cmd_cancel, "runs": cmd_runs, "sync": cmd_sync, "data": cmd_data, "init": cmd_init,
+    "preflight": cmd_preflight,
 }

@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from jobs.config_io import StrictModel, read_yaml, validate
+from jobs.preflight.spec import PreflightSettings
 from orchestrator.backends import check_backend_name
 from orchestrator.paths import find_cluster_file
 
@@ -105,6 +106,14 @@ class RayConfig(StrictModel):
     excludes: list[str] = Field(default_factory=lambda: [".venv", ".git", "data", ".podrun", "mlruns", "mlartifacts",
                                                           "*.pt", "*.sbatch", "__pycache__", ".whl", ".gl"])
 
+class PreflightConfig(PreflightSettings):
+    """The node checks before training (``podrun preflight``; :mod:`jobs.preflight`)."""
+
+    enabled: bool | None = Field(None, description="None: on for the slurm and ray backends, off for local")
+    exclude_bad: bool = Field(False, description="Slurm: requeue without the failing nodes, at the same size")
+    max_requeues: int = Field(3, ge=0, description="preflight requeues of one job before it stops")
+
+
 class ClusterProfile(StrictModel):
     name: str = ""
     description: str = ""
@@ -123,6 +132,7 @@ class ClusterProfile(StrictModel):
     env: dict[str, str] = Field(default_factory=dict)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    preflight: PreflightConfig = Field(default_factory=PreflightConfig)
 
     @field_validator("gpus_per_node")
     @classmethod
@@ -135,6 +145,13 @@ class ClusterProfile(StrictModel):
     @classmethod
     def _scheduler_known(cls, name: str) -> str:
         return check_backend_name(name)
+
+    @model_validator(mode="after")
+    def _ib_check_has_hcas(self) -> ClusterProfile:
+        if self.preflight.checks and "infiniband" in self.preflight.checks and not self.interconnect.hcas:
+            raise ValueError("preflight.checks lists infiniband but interconnect.hcas is empty: "
+                             "list the HCAs (e.g. [mlx5_0, mlx5_1]) or drop infiniband from the checks")
+        return self
 
 
 class ClusterFile(StrictModel):

@@ -23,6 +23,7 @@ from jobs import exit_codes
 from jobs.config_io import read_yaml, validate
 from orchestrator.errors import PodrunError
 from orchestrator.jobspec import LaunchPlan
+from orchestrator.preflight_ray import run_ray_preflight  # before ray.init(), which re-unpacks working_dir here
 from orchestrator.ray_runtime import PLAN_ENV
 
 
@@ -80,6 +81,10 @@ def fit(plan: LaunchPlan) -> int:
     from jobs.ray_worker import worker_main
 
     ray.init()  # inside `ray job submit`: joins the cluster; pass no resources
+    if plan.job.preflight is not None:
+        code = preflight(plan)
+        if code != exit_codes.SUCCESS or os.environ.get("PODRUN_PREFLIGHT_ONLY"):
+            return code
     if plan.job.comm == "horovod":
         return report(fit_horovod(plan))
     job, ray_cfg = plan.job, plan.profile.ray
@@ -97,6 +102,15 @@ def fit(plan: LaunchPlan) -> int:
     )
     result = trainer.fit()
     return report(int((result.metrics or {}).get("exit_code", exit_codes.FAILED)))
+
+
+def preflight(plan: LaunchPlan) -> int:
+    """The node checks, one Ray task per node; their outcome as the driver's exit code."""
+    code = run_ray_preflight(plan)
+    if code == exit_codes.SUCCESS:
+        print("[ray] preflight passed", flush=True)
+        return code
+    return report(code)
 
 
 def report(code: int) -> int:

@@ -22,6 +22,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.job_env import detach_secrets
 from orchestrator.jobspec import JobSpec, LaunchPlan
 from orchestrator.paths import checkout_root, find_cluster_file, find_job_spec, find_recipe
+from orchestrator.preflight import preflight_spec
 from orchestrator.profiles import ClusterProfile, load_profiles
 from orchestrator.scaling import derive
 
@@ -172,6 +173,7 @@ def load_job(
         tracking_uri=uri,
         experiment=profile.mlflow.experiment or recipe.name,
         git_sha=git_sha(),
+        preflight=preflight_spec(profile, chosen_backend),
     )
     plan = LaunchPlan(spec=spec, profile=profile, job=job, sources=sources)
     plan.secret_env.update(secret_env)

@@ -32,6 +32,7 @@ def ray_profile(local_env, ray_cluster, tmp_path, digits_root, monkeypatch) -> P
         "scheduler": "ray", "nodes": 2, "gpus_per_node": 0,
         "data_root": str(digits_root), "checkpoint_root": str(tmp_path / "checkpoints"),
         "state_dir": str(tmp_path / "state"),
+        "preflight": {"enabled": False},  # the preflight tests pay for it (tests/test_preflight_ray.py)
         "ray": {"address": ray_cluster.dashboard_url, "token_file": str(ray_cluster.token_path),
                 "python": sys.executable, "max_failures": 2},
     }

@@ -20,14 +20,16 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def make_profile(tmp_path: Path, digits_root: Path, login: dict | None = None, **slurm) -> Path:
-    """A cluster file whose ``test`` profile is the local two-node Slurm cluster."""
+def make_profile(tmp_path: Path, digits_root: Path, login: dict | None = None, preflight: dict | None = None,
+                 **slurm) -> Path:
+    """A cluster file whose ``test`` profile is the local two-node Slurm cluster (preflight off unless given)."""
     profile = {
         "scheduler": "slurm", "nodes": 2, "gpus_per_node": 0, "cpus_per_node": 2,
         "data_root": str(digits_root), "checkpoint_root": str(tmp_path / "checkpoints"),
         "state_dir": str(tmp_path / "state"),
         # node1 and node2 are names of this one host, unknown to DNS
         "env": {"MASTER_ADDR": "127.0.0.1"},
+        "preflight": preflight or {"enabled": False},  # only tests/test_preflight_slurm.py pays for it
         "slurm": {"partition": "debug", "time": "00:20:00", "exclusive": False, "mem_zero": False,
                   "cpu_bind": None, "python": sys.executable, "workdir": str(REPO), **slurm},
     }

@@ -201,6 +201,10 @@ class Supervisor:
         port = free_port()
         logs = Path(self.job.job_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        if self.job.preflight is not None:
+            code = self._preflight(logs, port)
+            if code != exit_codes.SUCCESS or self.plan.profile.env.get("PODRUN_PREFLIGHT_ONLY"):
+                return self._record([code], "preflight passed" if code == exit_codes.SUCCESS else None)
         for env, argv, log_name in launches(self.plan, port):
             env = expand_values(env, os.environ)  # ${VAR}: from the environment podrun launch gave us
             with open(logs / log_name, "ab") as log:
@@ -208,6 +212,21 @@ class Supervisor:
                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         codes = self._wait()
         return self._record(codes)
+
+    def _preflight(self, logs: Path, port: int) -> int:
+        """The node checks first (``python -m jobs.preflight``, one process per rank); rank 0's verdict."""
+        extra = {"PODRUN_PREFLIGHT_ATTEMPT": f"local-{time.strftime('%Y%m%d-%H%M%S')}",
+                 "PODRUN_PREFLIGHT_T0": str(time.time())}
+        argv = [sys.executable, "-m", "jobs.preflight", str(Path(self.job.job_dir) / CONFIG_FILE)]
+        for rank in range(self.job.world_size):
+            with open(logs / f"rank{rank}.log", "ab") as log:
+                env = expand_values(rank_env(self.plan, rank, port), os.environ) | extra
+                self.procs.append(subprocess.Popen(argv, env=os.environ | env,
+                                                   cwd=run_dir(), stdout=log, stderr=subprocess.STDOUT,
+                                                   stdin=subprocess.DEVNULL))
+        codes = self._wait()
+        self.procs = []
+        return codes[0]
 
     def _forward(self, signum: int, _frame: object) -> None:
         """Pass a stop signal to the ranks themselves (they checkpoint and exit).
@@ -246,7 +265,7 @@ class Supervisor:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    def _record(self, codes: list[int]) -> int:
+    def _record(self, codes: list[int], detail: str | None = None) -> int:
         code = codes[0] if all(c == codes[0] for c in codes) else next(c for c in codes if c != 0)
         if code == exit_codes.SUCCESS:
             code = exit_codes.read_outcome(Path(self.job.job_dir)) or exit_codes.SUCCESS
@@ -255,7 +274,7 @@ class Supervisor:
         record.state = EXIT_STATES.get(code, FAILED)
         if self.cancelled and record.state in (PREEMPTED, FAILED):
             record.state = CANCELLED
-        record.detail = exit_codes.DESCRIPTIONS.get(code, f"rank exit codes {codes}")
+        record.detail = detail or exit_codes.DESCRIPTIONS.get(code, f"rank exit codes {codes}")
         record.finished_at = time.time()
         record.save()
         return code

@@ -102,6 +102,7 @@ def render_sbatch(plan: LaunchPlan) -> str:
         **_header(plan), tasks_per_node=job.tasks_per_node, cpus_per_task=cpus, container=profile.container,
         log_pattern="%A_%a" if slurm.array else "%j", config_path=str(Path(job.job_dir) / CONFIG_FILE),
         config_heredoc="\n".join(config_heredoc(plan)), workdir=_workdir(plan), comm=job.comm,
+        preflight=job.preflight, preflight_gate=profile.preflight, preflight_gate_dir=slurm.workdir or str(run_dir()),
     )
 
 
@@ -203,6 +204,7 @@ class SlurmBackend(Backend):
             return record  # terminal states are cached
         tunnel = self._record_tunnel(record)
         state, detail, exit_code = self._query(tunnel, record.native_id)
+        detail += self._preflight_note(tunnel, record)
         record.state, record.detail = state, detail
         if exit_code is not None:
             record.exit_code = exit_code
@@ -212,6 +214,13 @@ class SlurmBackend(Backend):
                 record.detail = f"{detail}; {exit_codes.DESCRIPTIONS[exit_code]}"
             record.save()
         return record
+
+    def _preflight_note(self, tunnel: Tunnel, record: JobRecord) -> str:
+        """What preflight did to the job (excluded nodes, or why it stopped), from the job's folder."""
+        from orchestrator.preflight import STATUS_FILE, status_note
+
+        folder = Path(record.extra.get("cluster_job_dir", record.job_dir)) / "preflight"
+        return status_note(tunnel.read_text(str(folder / STATUS_FILE)))
 
     def _query(self, tunnel: Tunnel, job_id: str) -> tuple[str, str, int | None]:
         queue = tunnel.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
