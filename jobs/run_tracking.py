@@ -15,6 +15,7 @@ from typing import Any
 from jobs import exit_codes
 from jobs.checkpoint_index import read_run_info, update_run_info
 from jobs.job import ResolvedJob
+from jobs.phases import phase_metrics
 from jobs.placement import RankInfo
 from jobs.tracker import Tracker
 
@@ -132,6 +133,7 @@ class RunTracking:
             metrics["time_to_train_s"] = time_to_train
         metrics["reached_target"] = 1.0 if code == exit_codes.SUCCESS else 0.0
         self.tracker.log_metrics(metrics, step=state["global_step"])
+        self.tracker.log_metrics(phase_metrics(state.get("phases") or {}), step=0)  # the launcher adds its own
         self.tracker.set_tags({"status": exit_codes.DESCRIPTIONS.get(code, "failed")})
         for name in ("config.resolved.yaml", "render.txt", "job.sbatch"):
             if (self.job_dir / name).is_file():

@@ -197,6 +197,7 @@ class Supervisor:
         port = free_port()
         logs = Path(self.job.job_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        self.started_at = time.time()  # the job's start, for its phase breakdown (queued ends here)
         for env, argv, log_name in launches(self.plan, port):
             with open(logs / log_name, "ab") as log:
                 self.procs.append(subprocess.Popen(argv, env=os.environ | env, cwd=REPO_ROOT, stdout=log,
@@ -252,6 +253,7 @@ class Supervisor:
             record.state = CANCELLED
         record.detail = exit_codes.DESCRIPTIONS.get(code, f"rank exit codes {codes}")
         record.finished_at = time.time()
+        record.extra["started_at"] = self.started_at
         record.save()
         return code
 
