@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("-n", type=int, default=20)
     sync = sub.add_parser("sync", help="send MLflow records that were kept while the tracking server was down")
     sync.add_argument("job_id")
+    _predict_arguments(sub)
     data = sub.add_parser("data", help="write a data set")
     data_sub = data.add_subparsers(dest="dataset", required=True)
     digits = data_sub.add_parser("digits", help="scikit-learn's digits as ImageNet-layout JPEGs (real, small)")
@@ -73,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--overwrite", action="store_true")
     return parser
+
+
+def _predict_arguments(sub: argparse._SubParsersAction) -> None:
+    predict = sub.add_parser("predict", help="predict time-to-train and GPU-hours at several node counts")
+    _job_arguments(predict)
+    predict.add_argument("--nodes", required=True, help="node counts, e.g. 1,2,4,8")
+    predict.add_argument("--throughput", type=float, help="items/s per GPU on one node (default: the fastest "
+                         "MLflow run of the recipe on this profile, else the profile's throughput: table)")
+    predict.add_argument("--rcp-round", help="MLPerf round whose RCPs give ResNet-50's epochs (default: newest)")
+    predict.add_argument("--plot", type=Path, help="where the PNG goes (default: $PODRUN_HOME/predict/NAME.png)")
+    predict.add_argument("--log", action="store_true", help="log the table and plot as an MLflow run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,6 +222,22 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from orchestrator import predict
+    from orchestrator.resolve import podrun_home
+
+    plan = _resolve(args)
+    result = predict.forecast(plan, predict.parse_nodes(args.nodes), args.throughput, args.rcp_round)
+    table = predict.format_forecast(result, "img" if plan.recipe.model.arch == "resnet" else "tok")
+    print(f"{plan.job.name} on {plan.profile.name} ({plan.job.tasks_per_node} GPUs per node):\n{table}")
+    plot = predict.plot_forecast(result, args.plot or podrun_home() / "predict" / f"{plan.job.name}.png",
+                                 f"{plan.job.name} on {plan.profile.name}: predicted time to train")
+    print(f"plot: {plot}")
+    if args.log:
+        print(f"logged to MLflow run {predict.log_forecast(plan, result, table, plot)} in {plan.tracking_uri}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from orchestrator import datasets
 
@@ -231,3 +259,4 @@ COMMANDS = {
     "launch": cmd_launch, "render": cmd_render, "status": cmd_status, "logs": cmd_logs,
     "cancel": cmd_cancel, "runs": cmd_runs, "sync": cmd_sync, "data": cmd_data,
 }
+COMMANDS["predict"] = cmd_predict

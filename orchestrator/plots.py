@@ -45,14 +45,15 @@ def stacked_phases(rows: list[tuple[str, dict[str, float]]], path: Path, title: 
 
 
 def line_chart(path: Path, title: str, xlabel: str, ylabel: str,
-               series: dict[str, tuple[list[float], list[float], str]], log_x: bool = False) -> Path:
-    """Lines ``{label: (xs, ys, matplotlib format)}`` on one axis."""
+               series: dict[str, tuple[list[float], list[float], str]], log_log: bool = False) -> Path:
+    """Lines ``{label: (xs, ys, matplotlib format)}`` on one axis (both axes logarithmic with ``log_log``)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, (xs, ys, fmt) in series.items():
         ax.plot(xs, ys, fmt, label=label)
-    if log_x:
+    if log_log:
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
