@@ -112,6 +112,7 @@ class RunTracking:
         tags = {f"version.{k}": v for k, v in versions().items()}
         tags |= {"git_sha": self.job.git_sha, "hosts": ",".join(sorted(set(hosts))), "job_id": self.job.job_id,
                  "attempts": str(len(attempts)), "checkpoint_dir": str(self.ckpt_dir)}
+        tags |= self.job.tags  # e.g. mlflow.parentRunId: this run is one scale of a sweep
         if self.resumed_from:
             tags["resumed_from"] = self.resumed_from
         if "SLURM_JOB_ID" in os.environ:

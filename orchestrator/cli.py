@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("sync", help="send MLflow records that were kept while the tracking server was down")
     sync.add_argument("job_id")
     _predict_arguments(sub)
+    _sweep_arguments(sub)
     data = sub.add_parser("data", help="write a data set")
     data_sub = data.add_subparsers(dest="dataset", required=True)
     digits = data_sub.add_parser("digits", help="scikit-learn's digits as ImageNet-layout JPEGs (real, small)")
@@ -85,6 +86,17 @@ def _predict_arguments(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--rcp-round", help="MLPerf round whose RCPs give ResNet-50's epochs (default: newest)")
     predict.add_argument("--plot", type=Path, help="where the PNG goes (default: $PODRUN_HOME/predict/NAME.png)")
     predict.add_argument("--log", action="store_true", help="log the table and plot as an MLflow run")
+
+
+def _sweep_arguments(sub: argparse._SubParsersAction) -> None:
+    sweep = sub.add_parser("sweep", help="run a job at several scales (one job each) and report how it scales")
+    _job_arguments(sweep)
+    sweep.add_argument("--nodes", default="1", help="node counts, e.g. 1,2,4")
+    sweep.add_argument("--tasks-per-node", help="ranks per node to try, e.g. 1,2 (local: one job per rank count)")
+    report = sub.add_parser("report", help="build a sweep's scaling report from MLflow (table, plots, HTML)")
+    report.add_argument("run", metavar="RUN_OR_EXPERIMENT", help="the sweep's parent run id, or an experiment name")
+    report.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the local store")
+    report.add_argument("--out", type=Path, help="also keep the files in this folder")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,6 +195,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from orchestrator.resolve import podrun_home
+    from orchestrator.sweep import cancel_sweep, find_sweep
+
+    sweep = find_sweep(podrun_home(), args.job_id)
+    if sweep is not None:
+        print(cancel_sweep(podrun_home(), sweep) + f"; continue it with: podrun sweep {sweep.job} ... --resume")
+        return 0
     backend, record = _record(args.job_id)
     backend.cancel(record)
     print(f"cancelling {record.job_id}: ranks write a checkpoint and stop; resume with --resume")
@@ -238,6 +257,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from orchestrator.predict import parse_nodes
+    from orchestrator.sweep import run_sweep
+
+    tasks = parse_nodes(args.tasks_per_node, "--tasks-per-node") if args.tasks_per_node else None
+    return run_sweep(args.job, args.assignments, parse_nodes(args.nodes), tasks, backend=args.backend,
+                     cluster_file=args.cluster_file, on=args.on, resume=args.resume is not None,
+                     check_data=_check_data)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import os
+
+    from orchestrator.report import build_report
+    from orchestrator.resolve import podrun_home
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{podrun_home() / 'mlflow.db'}"
+    print(build_report(uri, args.run, args.out).text)
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from orchestrator import datasets
 
@@ -259,4 +299,4 @@ COMMANDS = {
     "launch": cmd_launch, "render": cmd_render, "status": cmd_status, "logs": cmd_logs,
     "cancel": cmd_cancel, "runs": cmd_runs, "sync": cmd_sync, "data": cmd_data,
 }
-COMMANDS["predict"] = cmd_predict
+COMMANDS |= {"predict": cmd_predict, "sweep": cmd_sweep, "report": cmd_report}

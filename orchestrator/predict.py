@@ -108,15 +108,9 @@ def best_run(plan: LaunchPlan, notes: list[str]) -> RunFigures | None:
 
 
 def _best_run(plan: LaunchPlan) -> RunFigures | None:
-    import logging
+    from orchestrator.tracking_client import tracking_client
 
-    from mlflow.tracking import MlflowClient
-
-    from jobs.mlflow_send import limit_http_retries
-
-    limit_http_retries(5)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no store set-up chatter around the table
-    client = MlflowClient(plan.tracking_uri)
+    client = tracking_client(plan.tracking_uri)
     experiment = client.get_experiment_by_name(plan.job.experiment)
     if experiment is None:
         return None
@@ -127,10 +121,11 @@ def _best_run(plan: LaunchPlan) -> RunFigures | None:
     if not runs:
         return None
     run = max(runs, key=lambda r: r.data.metrics[f"mean_throughput_{unit}_per_s"] / int(r.data.params["world_size"]))
-    return _figures(client, run, unit)
+    return run_figures(client, run, unit)
 
 
-def _figures(client: Any, run: Any, unit: str) -> RunFigures | None:
+def run_figures(client: Any, run: Any, unit: str) -> RunFigures | None:
+    """What a run measured: its step time (median logged throughput), evals, epochs and epoch size."""
     params, metrics = run.data.params, run.data.metrics
     world = int(params["world_size"])
     rates = [m.value for m in client.get_metric_history(run.info.run_id, f"throughput_{unit}_per_s")]
@@ -291,11 +286,11 @@ def log_forecast(plan: LaunchPlan, result: Forecast, table: str, plot: Path) -> 
     import tempfile
 
     from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
 
     from jobs.mlflow_send import experiment_id
+    from orchestrator.tracking_client import tracking_client
 
-    client = MlflowClient(plan.tracking_uri)
+    client = tracking_client(plan.tracking_uri)
     experiment = experiment_id(client, plan.job.experiment, plan.tracking_uri)
     run = client.create_run(experiment, run_name=f"predict-{plan.job.name}",
                             tags={"podrun.kind": "prediction", "podrun.job": plan.job.name})
@@ -317,8 +312,8 @@ def log_forecast(plan: LaunchPlan, result: Forecast, table: str, plot: Path) -> 
     return run_id
 
 
-def parse_nodes(text: str) -> list[int]:
-    """``1,2,4`` as node counts.
+def parse_nodes(text: str, flag: str = "--nodes") -> list[int]:
+    """``1,2,4`` as counts (of nodes, or of tasks per node).
 
     Raises:
         ConfigError: not a comma-separated list of positive integers.
@@ -328,6 +323,6 @@ def parse_nodes(text: str) -> list[int]:
     except ValueError:
         counts = []
     if not counts or min(counts) < 1:
-        raise ConfigError(f"--nodes {text!r}: give node counts like 1,2,4")
+        raise ConfigError(f"{flag} {text!r}: give counts like 1,2,4")
     return sorted(set(counts))
 

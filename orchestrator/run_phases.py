@@ -118,9 +118,9 @@ def record_phases(record: JobRecord, say: Any = print) -> Breakdown | None:
 
 
 def _client(tracking_uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
+    from orchestrator.tracking_client import tracking_client
 
-    return MlflowClient(tracking_uri)
+    return tracking_client(tracking_uri)
 
 
 def _metric(client: Any, run_id: str | None, name: str) -> float | None:
