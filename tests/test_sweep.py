@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,10 @@ from mlflow.tracking import MlflowClient
 from orchestrator.cli import main
 from orchestrator.jobstore import find_record
 from orchestrator.sweep import list_sweeps
+from tests.conftest import REPO
 from tests.fixtures.slurm import ensure_test_deps
 from tests.test_slurm_backend import make_profile
+from tests.waiting import wait_for_text, wait_until
 
 pytestmark = pytest.mark.slow
 PHASES = ("queued", "startup", "data_wait", "compute", "eval", "checkpoint", "lost", "shutdown")
@@ -79,3 +83,34 @@ def test_sweep_over_one_and_two_nodes_reaches_the_target_and_reports_in_mlflow(
     rows, images = rendered(url)
     assert rows == 2
     assert len(images) == 3 and all(done and width > 0 and height > 0 for done, width, height in images), images
+
+
+def test_cancel_stops_the_whole_sweep_and_resume_finishes_it(local_env, capsys):
+    args = ["sweep", "resnet50:tiny", "--tasks-per-node", "1,2", "--set", "eval.target=0.05",
+            "--set", "train.log_every=5"]
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        sweep = wait_until(lambda: next((s for s in list_sweeps(local_env) if s.scales[0].job_id), None),
+                           "the first scale's job", 120)
+        first = find_record(local_env, sweep.scales[0].job_id)
+        wait_for_text(Path(first.job_dir) / "logs" / "rank0.log", "[train] epoch 1/")
+        assert main(["cancel", sweep.sweep_id]) == 0
+        assert "no more scales" in capsys.readouterr().out
+        assert driver.wait(timeout=300) == 3
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    stopped = list_sweeps(local_env)[0]
+    assert stopped.cancelled and stopped.scales[0].state == "CANCELLED" and not stopped.scales[1].job_id
+
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming {Path(first.checkpoint_dir).name}" in out
+    done = list_sweeps(local_env)[0]
+    assert done.sweep_id == sweep.sweep_id and [s.state for s in done.scales] == ["SUCCEEDED", "SUCCEEDED"]
+    client = MlflowClient(done.tracking_uri)
+    children = client.search_runs([client.get_run(done.parent_run_id).info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{done.parent_run_id}'")
+    attempts = sorted(int(run.data.tags["attempts"]) for run in children)
+    assert attempts == [1, 2]  # the cancelled scale went on in its own run
