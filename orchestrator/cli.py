@@ -84,6 +84,8 @@ def _predict_arguments(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--throughput", type=float, help="items/s per GPU on one node (default: the fastest "
                          "MLflow run of the recipe on this profile, else the profile's throughput: table)")
     predict.add_argument("--rcp-round", help="MLPerf round whose RCPs give ResNet-50's epochs (default: newest)")
+    predict.add_argument("--allreduce", choices=["ring", "tree", "auto"], default="auto",
+                         help="the allreduce algorithm to model (auto: the faster at each scale, as NCCL picks)")
     predict.add_argument("--plot", type=Path, help="where the PNG goes (default: $PODRUN_HOME/predict/NAME.png)")
     predict.add_argument("--log", action="store_true", help="log the table and plot as an MLflow run")
 
@@ -246,7 +248,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from orchestrator.resolve import podrun_home
 
     plan = _resolve(args)
-    result = predict.forecast(plan, predict.parse_nodes(args.nodes), args.throughput, args.rcp_round)
+    result = predict.forecast(plan, predict.parse_nodes(args.nodes), args.throughput, args.rcp_round,
+                              algorithm=args.allreduce)
     table = predict.format_forecast(result, "img" if plan.recipe.model.arch == "resnet" else "tok")
     print(f"{plan.job.name} on {plan.profile.name} ({plan.job.tasks_per_node} GPUs per node):\n{table}")
     plot = predict.plot_forecast(result, args.plot or podrun_home() / "predict" / f"{plan.job.name}.png",

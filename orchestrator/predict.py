@@ -24,7 +24,15 @@ from typing import Any
 
 from orchestrator.errors import ConfigError
 from orchestrator.jobspec import LaunchPlan
-from orchestrator.predict_model import Calibration, Fabric, Prediction, Workload, calibrate, predict_scale
+from orchestrator.predict_model import (
+    Algorithm,
+    Calibration,
+    Fabric,
+    Prediction,
+    Workload,
+    calibrate,
+    predict_scale,
+)
 from orchestrator.rcp import convergence_points, epochs_to_converge, rcp_round
 from orchestrator.scaling import derive
 
@@ -226,7 +234,7 @@ def calibration_for(plan: LaunchPlan, work: Workload, fabric: Fabric, run: RunFi
 
 
 def forecast(plan: LaunchPlan, nodes: list[int], throughput: float | None = None, round_: str | None = None,
-             use_runs: bool = True) -> Forecast:
+             use_runs: bool = True, algorithm: Algorithm = "auto") -> Forecast:
     """Predictions for each node count (the job's tasks per node, its recipe's scaling rule).
 
     Raises:
@@ -246,7 +254,7 @@ def forecast(plan: LaunchPlan, nodes: list[int], throughput: float | None = None
         if count > plan.profile.nodes:
             notes.append(f"{count} nodes is more than profile {plan.profile.name} has ({plan.profile.nodes})")
         found.append(predict_scale(count, plan.job.tasks_per_node, derived.global_batch_size, derived.lr,
-                                   epochs(derived.global_batch_size), work, cal, fabric))
+                                   epochs(derived.global_batch_size), work, cal, fabric, algorithm))
     return Forecast(found, cal, notes)
 
 
