@@ -120,6 +120,8 @@ def run_sweep(job: str, assignments: list[str], nodes: list[int], tasks: list[in
 
     home = podrun_home()
     base = load_job(job, assignments, cluster_file=cluster_file, backend=backend)
+    for scale in scale_grid(nodes, tasks):  # every scale resolves before the first one starts
+        load_job(job, _scale_sets(assignments, base.job.name, scale), cluster_file=cluster_file, backend=backend)
     sweep = _resumed(home, base.job.name, nodes, tasks) if resume else None
     if sweep is None:
         sweep = SweepRecord(f"{SWEEP_PREFIX}{base.job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}",
@@ -160,10 +162,8 @@ def _run_scale(home: Path, sweep: SweepRecord, scale: Scale, check_data: Any) ->
     # the folder of the checkpoints names the job that started them (a resumed job writes into it too)
     resume = Path(previous.checkpoint_dir).name if previous and latest_checkpoint(Path(previous.checkpoint_dir)) \
         else None
-    sets = [*sweep.assignments, f"nodes={scale.nodes}", f"name={sweep.name}-n{scale.nodes}x{scale.tasks_per_node or 0}"]
-    if scale.tasks_per_node:
-        sets.append(f"tasks_per_node={scale.tasks_per_node}")
-    plan = load_job(sweep.job, sets, cluster_file=sweep.cluster_file, backend=sweep.backend, resume=resume)
+    plan = load_job(sweep.job, _scale_sets(sweep.assignments, sweep.name, scale), cluster_file=sweep.cluster_file,
+                    backend=sweep.backend, resume=resume)
     plan.job.tags = {"mlflow.parentRunId": sweep.parent_run_id, "podrun.sweep": sweep.sweep_id,
                      "podrun.scale": scale.label}
     if check_data is not None:
@@ -179,6 +179,12 @@ def _run_scale(home: Path, sweep: SweepRecord, scale: Scale, check_data: Any) ->
     sweep.cancelled = sweep.cancelled or scale.state == CANCELLED
     sweep.save(home)
     return code
+
+
+def _scale_sets(assignments: list[str], name: str, scale: Scale) -> list[str]:
+    """The job's ``--set`` list for one scale: its nodes, tasks per node and name."""
+    sets = [*assignments, f"nodes={scale.nodes}", f"name={name}-n{scale.nodes}x{scale.tasks_per_node or 0}"]
+    return sets + ([f"tasks_per_node={scale.tasks_per_node}"] if scale.tasks_per_node else [])
 
 
 def _record(home: Path, job_id: str) -> JobRecord | None:

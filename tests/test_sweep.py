@@ -114,3 +114,13 @@ def test_cancel_stops_the_whole_sweep_and_resume_finishes_it(local_env, capsys):
                                   f"tags.`mlflow.parentRunId` = '{done.parent_run_id}'")
     attempts = sorted(int(run.data.tags["attempts"]) for run in children)
     assert attempts == [1, 2]  # the cancelled scale went on in its own run
+
+
+def test_a_scale_that_cannot_run_stops_the_sweep_before_anything_starts(local_env, capsys):
+    assert main(["sweep", "resnet50:tiny", "--nodes", "1,2"]) == 2
+    assert "asks for 2 nodes but profile 'local' has 1" in capsys.readouterr().err
+    assert main(["sweep", "resnet50:tiny", "--tasks-per-node", "1,x"]) == 2
+    assert "--tasks-per-node '1,x'" in capsys.readouterr().err
+    assert list_sweeps(local_env) == []
+    assert main(["report", "no-such-experiment", "--tracking-uri", f"sqlite:///{local_env / 'm.db'}"]) == 2
+    assert "neither a run id nor an experiment" in capsys.readouterr().err
