@@ -68,6 +68,7 @@ class ResolvedJob(StrictModel):
     experiment: str = Field(description="the MLflow experiment")
     git_sha: str = "unknown"
     preflight: PreflightSpec | None = Field(None, description="the node checks before training; None: off")
+    tags: dict[str, str] = Field(default_factory=dict, description="more MLflow run tags (a sweep's parent run)")
 
 
 def load_resolved(path: Path) -> ResolvedJob:
@@ -81,7 +82,8 @@ def load_resolved(path: Path) -> ResolvedJob:
 
 def dump_resolved(job: ResolvedJob) -> str:
     """The YAML text of ``job`` that :func:`load_resolved` reads back."""
-    return yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
+    skip = None if job.tags else {"tags"}  # most jobs have none: their rendered scripts stay as they were
+    return yaml.safe_dump(job.model_dump(mode="json", exclude=skip), sort_keys=False)
 
 
 def write_resolved(job: ResolvedJob, path: Path) -> None:

@@ -53,8 +53,10 @@ def worker_main(config: dict[str, Any]) -> None:
     """One Ray Train worker: become rank ``world_rank`` and run the shared per-rank code."""
     import ray.train
 
+    from jobs.phases import mark_origin
     from jobs.run import run_rank
 
+    mark_origin()  # Ray reuses worker processes: the rank starts now, not at process start
     context = ray.train.get_context()
     os.environ.update(RANK=str(context.get_world_rank()), WORLD_SIZE=str(context.get_world_size()),
                       LOCAL_RANK=str(context.get_local_rank()))
@@ -86,6 +88,9 @@ class _reported_checkpoint:
 
 def horovod_worker(config: dict[str, Any]) -> int:
     """One Horovod worker under RayExecutor (which sets the HOROVOD_* contract)."""
+    from jobs.phases import mark_origin
     from jobs.run import run_rank
+
+    mark_origin()
 
     return run_rank(ResolvedJob.model_validate(config))

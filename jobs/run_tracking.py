@@ -15,6 +15,7 @@ from typing import Any
 from jobs import exit_codes
 from jobs.checkpoint_index import read_run_info, update_run_info
 from jobs.job import ResolvedJob
+from jobs.phases import phase_metrics
 from jobs.placement import RankInfo
 from jobs.preflight.record import log_preflight
 from jobs.tracker import Tracker
@@ -112,6 +113,7 @@ class RunTracking:
         tags = {f"version.{k}": v for k, v in versions().items()}
         tags |= {"git_sha": self.job.git_sha, "hosts": ",".join(sorted(set(hosts))), "job_id": self.job.job_id,
                  "attempts": str(len(attempts)), "checkpoint_dir": str(self.ckpt_dir)}
+        tags |= self.job.tags  # e.g. mlflow.parentRunId: this run is one scale of a sweep
         if self.resumed_from:
             tags["resumed_from"] = self.resumed_from
         if "SLURM_JOB_ID" in os.environ:
@@ -134,6 +136,7 @@ class RunTracking:
             metrics["time_to_train_s"] = time_to_train
         metrics["reached_target"] = 1.0 if code == exit_codes.SUCCESS else 0.0
         self.tracker.log_metrics(metrics, step=state["global_step"])
+        self.tracker.log_metrics(phase_metrics(state.get("phases") or {}), step=0)  # the launcher adds its own
         self.tracker.set_tags({"status": exit_codes.DESCRIPTIONS.get(code, "failed")})
         for name in ("config.resolved.yaml", "render.txt", "job.sbatch"):
             if (self.job_dir / name).is_file():

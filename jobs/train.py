@@ -33,6 +33,7 @@ from jobs.dist import all_gather_object, all_reduce_sum, any_rank, gather_hosts,
 from jobs.job import ResolvedJob
 from jobs.mlperf_log import MlperfLogger, log_submission
 from jobs.optim import build_optimizer, learning_rate, set_learning_rate
+from jobs.phases import PhaseClock, remember_end, remember_start
 from jobs.placement import RankInfo
 from jobs.progress import ProgressLine, format_eta
 from jobs.run_tracking import RunTracking
@@ -137,6 +138,7 @@ class Trainer:
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_time_s": 0.0,
                       "items": 0, "best_metric": 0.0, "evals": [], "time_lost_s": 0.0,
                       "saved_at": 0.0}
+        self.phases = PhaseClock()  # where the wall time goes (jobs/phases.py)
         self.resumed_from = self._maybe_resume(resume_from)
         if self.hvd is not None:  # every rank starts from rank 0's state
             self.hvd.broadcast_parameters(self.module.state_dict(), root_rank=0)
@@ -194,12 +196,14 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """Rank 0 writes the checkpoint; every rank then tells the hooks (a collective for Ray)."""
-        self.state["train_time_s"] = self._elapsed()
-        self.state["saved_at"] = time.time()
-        rng = all_gather_object(rng_state())  # every rank's stream: dropout draws differ per rank
-        path = self._write_checkpoint(rng) if self.info.is_main else None
-        if self.hooks:
-            self.hooks.checkpointed(path, dict(self.state))
+        with self.phases.measure("checkpoint"):
+            self.state["train_time_s"] = self._elapsed()
+            self.state["saved_at"] = time.time()
+            self.state["phases"] = self.phases.totals(self.state["saved_at"])
+            rng = all_gather_object(rng_state())  # every rank's stream: dropout draws differ per rank
+            path = self._write_checkpoint(rng) if self.info.is_main else None
+            if self.hooks:
+                self.hooks.checkpointed(path, dict(self.state))
 
     def _write_checkpoint(self, rng: list[dict[str, Any]]) -> Path:
         state = {
@@ -235,6 +239,9 @@ class Trainer:
         self.mllog.start("run_start")
         self.run_started = time.time()
         self.train_time_base = self.state["train_time_s"]
+        self.phases.start_run(self.state, self.run_started)
+        if self.info.is_main:
+            remember_start(self.ckpt_dir, self.phases)
         hosts = gather_hosts()  # a collective: every rank takes part
         if self.tracking:
             self.tracking.start(hosts, self.steps_per_epoch, self.train_loader.samples, self.val_loader.samples)
@@ -272,7 +279,7 @@ class Trainer:
         skip = self.state["step_in_epoch"]
         window = Window()
         update_freq = self.job.derived.update_freq
-        for index, batch in enumerate(self.train_loader.epoch(epoch, skip=skip), start=skip):
+        for index, batch in enumerate(self.phases.waiting(self.train_loader.epoch(epoch, skip=skip)), start=skip):
             boundary = (index + 1) % update_freq == 0 or index + 1 == self.steps_per_epoch
             loss, items = self._micro_step(batch, boundary, update_freq)
             window.add(items)
@@ -342,7 +349,8 @@ class Trainer:
             return False
         self.mllog.start("eval_start", metadata={"epoch_num": epoch + 1})
         self.model.eval()
-        metric = self.task.evaluate(self.module, self.val_loader, epoch)
+        with self.phases.measure("eval"):
+            metric = self.task.evaluate(self.module, self.val_loader, epoch)
         self.model.train()
         self.mllog.event("eval_accuracy", metric, metadata={"epoch_num": epoch + 1})
         self.mllog.end("eval_stop", metadata={"epoch_num": epoch + 1})
@@ -356,6 +364,10 @@ class Trainer:
 
     def _finish(self, code: int) -> None:
         time_to_train = self._elapsed()
+        ended = time.time()
+        self.state["phases"] = self.phases.totals(ended)
+        if self.info.is_main:
+            remember_end(self.ckpt_dir, self.state["phases"], ended)
         if code in (exit_codes.SUCCESS, exit_codes.NOT_REACHED):
             self.mllog.end("run_stop", metadata={"status": "success" if code == exit_codes.SUCCESS else "aborted"})
         if self.info.is_main:

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("-n", type=int, default=20)
     sync = sub.add_parser("sync", help="send MLflow records that were kept while the tracking server was down")
     sync.add_argument("job_id")
+    _predict_arguments(sub)
+    _sweep_arguments(sub)
     data = sub.add_parser("data", help="write a data set")
     data_sub = data.add_subparsers(dest="dataset", required=True)
     digits = data_sub.add_parser("digits", help="scikit-learn's digits as ImageNet-layout JPEGs (real, small)")
@@ -91,6 +93,30 @@ def _init_arguments(sub) -> None:
     init.add_argument("dir", nargs="?", type=Path, default=Path("."), help="default: this folder")
     init.add_argument("--job", default=INIT_JOB, help=f"which bundled job spec (default {INIT_JOB})")
     init.add_argument("--force", action="store_true", help="overwrite files that exist")
+
+
+def _predict_arguments(sub: argparse._SubParsersAction) -> None:
+    predict = sub.add_parser("predict", help="predict time-to-train and GPU-hours at several node counts")
+    _job_arguments(predict)
+    predict.add_argument("--nodes", required=True, help="node counts, e.g. 1,2,4,8")
+    predict.add_argument("--throughput", type=float, help="items/s per GPU on one node (default: the fastest "
+                         "MLflow run of the recipe on this profile, else the profile's throughput: table)")
+    predict.add_argument("--rcp-round", help="MLPerf round whose RCPs give ResNet-50's epochs (default: newest)")
+    predict.add_argument("--allreduce", choices=["ring", "tree", "auto"], default="auto",
+                         help="the allreduce algorithm to model (auto: the faster at each scale, as NCCL picks)")
+    predict.add_argument("--plot", type=Path, help="where the PNG goes (default: $PODRUN_HOME/predict/NAME.png)")
+    predict.add_argument("--log", action="store_true", help="log the table and plot as an MLflow run")
+
+
+def _sweep_arguments(sub: argparse._SubParsersAction) -> None:
+    sweep = sub.add_parser("sweep", help="run a job at several scales (one job each) and report how it scales")
+    _job_arguments(sweep)
+    sweep.add_argument("--nodes", default="1", help="node counts, e.g. 1,2,4")
+    sweep.add_argument("--tasks-per-node", help="ranks per node to try, e.g. 1,2 (local: one job per rank count)")
+    report = sub.add_parser("report", help="build a sweep's scaling report from MLflow (table, plots, HTML)")
+    report.add_argument("run", metavar="RUN_OR_EXPERIMENT", help="the sweep's parent run id, or an experiment name")
+    report.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the local store")
+    report.add_argument("--out", type=Path, help="also keep the files in this folder")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +230,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from orchestrator.resolve import podrun_home
+    from orchestrator.sweep import cancel_sweep, find_sweep
+
+    sweep = find_sweep(podrun_home(), args.job_id)
+    if sweep is not None:
+        print(cancel_sweep(podrun_home(), sweep) + f"; continue it with: podrun sweep {sweep.job} ... --resume")
+        return 0
     backend, record = _record(args.job_id)
     backend.cancel(record)
     print(f"cancelling {record.job_id}: ranks write a checkpoint and stop; resume with --resume")
@@ -243,6 +276,44 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from orchestrator import predict
+    from orchestrator.resolve import podrun_home
+
+    plan = _resolve(args)
+    result = predict.forecast(plan, predict.parse_nodes(args.nodes), args.throughput, args.rcp_round,
+                              algorithm=args.allreduce)
+    table = predict.format_forecast(result, "img" if plan.recipe.model.arch == "resnet" else "tok")
+    print(f"{plan.job.name} on {plan.profile.name} ({plan.job.tasks_per_node} GPUs per node):\n{table}")
+    plot = predict.plot_forecast(result, args.plot or podrun_home() / "predict" / f"{plan.job.name}.png",
+                                 f"{plan.job.name} on {plan.profile.name}: predicted time to train")
+    print(f"plot: {plot}")
+    if args.log:
+        print(f"logged to MLflow run {predict.log_forecast(plan, result, table, plot)} in {plan.tracking_uri}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from orchestrator.predict import parse_nodes
+    from orchestrator.sweep import run_sweep
+
+    tasks = parse_nodes(args.tasks_per_node, "--tasks-per-node") if args.tasks_per_node else None
+    return run_sweep(args.job, args.assignments, parse_nodes(args.nodes), tasks, backend=args.backend,
+                     cluster_file=args.cluster_file, on=args.on, resume=args.resume is not None,
+                     check_data=_check_data)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import os
+
+    from orchestrator.report import build_report
+    from orchestrator.resolve import podrun_home
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{podrun_home() / 'mlflow.db'}"
+    print(build_report(uri, args.run, args.out).text)
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from orchestrator import datasets
 
@@ -275,3 +346,4 @@ COMMANDS = {
     "cancel": cmd_cancel, "runs": cmd_runs, "sync": cmd_sync, "data": cmd_data, "init": cmd_init,
     "preflight": cmd_preflight,
 }
+COMMANDS |= {"predict": cmd_predict, "sweep": cmd_sweep, "report": cmd_report}

@@ -31,6 +31,9 @@ def follow_job(backend: Backend, record: JobRecord) -> int:
         _show(backend.logs(record, follow=True), console, skip_seen=True)
     record = backend.status(record)
     _summary(record, console)
+    from orchestrator.run_phases import record_phases
+
+    record_phases(record, say=lambda text: console.print(text, markup=False, highlight=False))
     return record.exit_code if record.exit_code is not None else (0 if record.state == SUCCEEDED else 1)
 
 

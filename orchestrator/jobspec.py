@@ -73,7 +73,8 @@ PLAN_FILE = "launch.yaml"
 
 def dump_plan(plan: LaunchPlan) -> str:
     """The plan as YAML text (:func:`load_plan_file` and the Ray driver read it back)."""
-    return yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False)
+    skip = None if plan.job.tags else {"job": {"tags"}}  # as jobs.job.dump_resolved
+    return yaml.safe_dump(plan.model_dump(mode="json", exclude=skip), sort_keys=False)
 
 
 def write_plan(plan: LaunchPlan, path: Path) -> None:

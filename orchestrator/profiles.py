@@ -35,6 +35,10 @@ class InterconnectConfig(StrictModel):
 
     hcas: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    # Bandwidths for `podrun predict` (orchestrator/predict_model.py): NVLink inside a node, HCAs between.
+    nvlink_gbs: float | None = Field(None, gt=0, description="one GPU's NVLink/NVSwitch bandwidth, GB/s one way")
+    link_gbps: float | None = Field(None, gt=0, description="each HCA's link rate, Gb/s (EDR 100, HDR 200, NDR 400)")
+    latency_us: float = Field(5.0, gt=0, description="one hop between nodes, microseconds")
 
 
 class MlflowConfig(StrictModel):
@@ -112,6 +116,19 @@ class PreflightConfig(PreflightSettings):
     enabled: bool | None = Field(None, description="None: on for the slurm and ray backends, off for local")
     exclude_bad: bool = Field(False, description="Slurm: requeue without the failing nodes, at the same size")
     max_requeues: int = Field(3, ge=0, description="preflight requeues of one job before it stops")
+class RecipeThroughput(StrictModel):
+    """A recipe's measured speed on this profile's GPUs, for `podrun predict` (a bare number is ``per_gpu``)."""
+
+    per_gpu: float = Field(gt=0, description="items/s per GPU (img/s, tok/s), measured on one node")
+    batch: int | None = Field(None, gt=0, description="the per-GPU batch it was measured at; None: the recipe's")
+    step_floor_ms: float | None = Field(None, ge=0, description="a step's fixed cost; None: 5 on GPUs, 0 on CPUs")
+    startup_s: float = Field(0.0, ge=0, description="process start to run_start")
+    source: str = Field("", description="where the figure comes from")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_number(cls, value: object) -> object:
+        return {"per_gpu": value} if isinstance(value, int | float) else value
 
 
 class ClusterProfile(StrictModel):
@@ -133,6 +150,7 @@ class ClusterProfile(StrictModel):
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     preflight: PreflightConfig = Field(default_factory=PreflightConfig)
+    throughput: dict[str, RecipeThroughput] = Field(default_factory=dict, description="per recipe, for predict")
 
     @field_validator("gpus_per_node")
     @classmethod

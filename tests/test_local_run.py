@@ -76,6 +76,28 @@ def test_tiny_preset_reaches_target_with_mlflow_and_mllog(tiny_ddp):
     assert passed, output
 
 
+PHASES = ("queued", "startup", "data_wait", "compute", "eval", "checkpoint", "lost", "shutdown")
+
+
+@pytest.mark.xdist_group("tiny-ddp")
+def test_phases_add_up_to_the_wall_time_from_submission_to_the_end(tiny_ddp):
+    _, out, record = tiny_ddp
+    client, run = mlflow_run(record)
+    metrics = run.data.metrics
+    wall = record.finished_at - record.submitted_at  # what the launcher saw
+    assert metrics["wall_time_s"] == pytest.approx(wall, abs=0.01)
+    total = sum(metrics[f"phase_{name}_s"] for name in PHASES)
+    assert abs(total - wall) <= 0.02 * wall, {name: metrics[f"phase_{name}_s"] for name in PHASES}
+    assert metrics["phase_train_s"] == pytest.approx(metrics["phase_data_wait_s"] + metrics["phase_compute_s"],
+                                                     abs=0.01)
+    assert metrics["phase_compute_s"] > metrics["phase_eval_s"] > 0 and metrics["phase_startup_s"] > 0
+    ranks = sum(metrics[f"phase_{name}_s"] for name in ("data_wait", "compute", "eval", "checkpoint"))
+    assert ranks == pytest.approx(metrics["time_to_train_s"], rel=0.02)  # run_start to run_stop, timed apart
+    assert metrics["phase_lost_s"] == 0 and 0 <= metrics["phase_queued_s"] < 10
+    assert "phases (submission to end" in out and "  compute " in out
+    assert "phases/phases.png" in {a.path for a in client.list_artifacts(run.info.run_id, "phases")}
+
+
 def wait_terminal(job_id: str, capsys, timeout: float = 240) -> str:
     return wait_state(job_id, capsys, timeout=timeout).split()[1]
 

@@ -18,7 +18,8 @@ from jobs import exit_codes
 from jobs.checkpoint_index import read_run_info
 from orchestrator.backends.ray_backend import RayBackend
 from orchestrator.cli import main
-from orchestrator.jobstore import list_records
+from orchestrator.jobstore import JobRecord, list_records
+from orchestrator.run_phases import record_phases
 from tests.waiting import status_logs_then_cancel, wait_state, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,6 +91,8 @@ def test_killed_worker_restarts_and_resumes_from_its_checkpoint(ray_profile, loc
     assert len(info["attempts"]) == 2  # two starts of the worker group, one MLflow run
     run = MlflowClient(record.tracking_uri).get_run(info["mlflow_run_id"])
     assert run.data.metrics["reached_target"] == 1.0 and run.data.tags["attempts"] == "2"
+    breakdown = record_phases(JobRecord.load(record.path))  # Ray: queued ends when the workers are up
+    assert breakdown.phases["lost"] > 0 and abs(breakdown.total_s - breakdown.wall_s) <= 0.02 * breakdown.wall_s
 
 
 def test_status_logs_and_cancel_on_a_real_ray_job(ray_profile, local_env, capsys):

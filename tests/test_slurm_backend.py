@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from jobs import exit_codes
 from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
 from orchestrator.cli import main
-from orchestrator.jobstore import list_records
+from orchestrator.jobstore import JobRecord, list_records
+from orchestrator.run_phases import record_phases
 from tests.waiting import status_logs_then_cancel, wait_for_text, wait_state, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,6 +103,9 @@ def test_two_node_job_reaches_target_and_preempted_job_resumes_to_the_same_resul
     run = client.get_run(info["mlflow_run_id"])  # ... one MLflow run
     assert run.data.tags["slurm_restart_count"] == "1" and run.data.metrics["time_lost_s"] > 0
     assert run.data.metrics["reached_target"] == 1.0
+    # Phases across the requeue: the gap between the attempts is lost, and all of it adds up.
+    breakdown = record_phases(JobRecord.load(preempted.path))
+    assert breakdown.phases["lost"] > 0 and abs(breakdown.total_s - breakdown.wall_s) <= 0.02 * breakdown.wall_s
 
 
 def test_status_logs_and_cancel_on_a_real_job(slurm_env, local_env, capsys):

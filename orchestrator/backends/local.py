@@ -201,6 +201,7 @@ class Supervisor:
         port = free_port()
         logs = Path(self.job.job_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        self.started_at = time.time()  # the job's start, for its phase breakdown (queued ends here)
         if self.job.preflight is not None:
             code = self._preflight(logs, port)
             if code != exit_codes.SUCCESS or self.plan.profile.env.get("PODRUN_PREFLIGHT_ONLY"):
@@ -276,6 +277,7 @@ class Supervisor:
             record.state = CANCELLED
         record.detail = detail or exit_codes.DESCRIPTIONS.get(code, f"rank exit codes {codes}")
         record.finished_at = time.time()
+        record.extra["started_at"] = self.started_at
         record.save()
         return code
 

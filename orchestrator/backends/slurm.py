@@ -146,6 +146,14 @@ def parse_sbatch_id(stdout: str) -> str:
     return job_id
 
 
+def slurm_time(value: str | None) -> float | None:
+    """A Slurm timestamp (``2024-05-01T12:00:03``, local time) as epoch seconds; None for Unknown/None."""
+    try:
+        return time.mktime(time.strptime(value or "", "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
 def parse_scontrol(text: str) -> dict[str, str]:
     """``scontrol show job -o`` output as key=value pairs."""
     fields = {}
@@ -161,6 +169,7 @@ class SlurmBackend(Backend):
 
     def __init__(self) -> None:
         self._tunnels: dict[str, Tunnel] = {}
+        self._started: dict[str, float] = {}  # job id -> the first StartTime seen running
 
     def tunnel(self, login: LoginConfig | None) -> Tunnel:
         """One tunnel (one SSH connection) per login host, reused within a command."""
@@ -208,6 +217,9 @@ class SlurmBackend(Backend):
         record.state, record.detail = state, detail
         if exit_code is not None:
             record.exit_code = exit_code
+        if "started_at" not in record.extra and record.native_id in self._started:
+            record.extra["started_at"] = self._started[record.native_id]  # the phases' end of queued
+            record.save()
         if is_terminal(state):
             record.finished_at = time.time()
             if exit_code in exit_codes.DESCRIPTIONS:
@@ -237,6 +249,9 @@ class SlurmBackend(Backend):
             exit_code = int(fields.get("ExitCode", "0:0").split(":")[0])
             restarts = fields.get("Restarts", "0")
             detail = f"{raw}, restarts {restarts}, nodes {fields.get('NodeList', '?')}"
+            started = slurm_time(fields.get("StartTime"))
+            if SLURM_STATES.get(raw) not in (PENDING, UNKNOWN) and started and restarts == "0":
+                self._started.setdefault(job_id, started)
             return SLURM_STATES.get(raw, UNKNOWN), detail, exit_code if SLURM_STATES.get(raw) != RUNNING else None
         return self._query_sacct(tunnel, job_id)
 
