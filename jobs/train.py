@@ -156,7 +156,8 @@ class Trainer:
         if self.recipe.train.compile:
             if self.info.is_main:
                 say("[compile] torch.compile: the first steps compile the model (minutes on a small CPU)")
-            model = torch.compile(model)
+            # None: a second batch shape turns on dynamic shapes; True skips the static first compile.
+            model = torch.compile(model, dynamic=True if self.task.varying_shapes else None)
         return model
 
     def _wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
