@@ -242,3 +242,15 @@ def test_the_precision_rules_know_which_gpus_lack_bf16_and_tf32():
     for ok in [("amp-bf16", "cuda", None, (8, 0)), ("amp-bf16", "cuda", "H100-SXM5-80GB", None),
                ("amp-fp16", "cuda", "V100-SXM3-32GB", None), ("amp-bf16", "cpu", None, None)]:
         assert precision_problem(*ok) is None, ok
+
+
+@pytest.mark.parametrize("deferred, lands_at", [(False, 6), (True, 9)])
+def test_a_stop_lands_within_one_vote_on_cpu_and_two_on_gpus(deferred, lands_at):
+    from jobs.stopping import StopVote
+
+    vote = StopVote(every=3, device=torch.device("cpu"), world_size=2)  # no process group: the sum is this rank's
+    vote.deferred = deferred  # what a CUDA device sets: read each vote at the next one
+    stopped = [step for step in range(1, 13) if vote.after_step(step, requested=step >= 4)]
+    assert stopped[0] == lands_at
+    # Between epochs a settle first reads the vote still in flight (step 12's, on a GPU), then votes at once.
+    assert vote.settle(False) == deferred
