@@ -53,6 +53,6 @@ def check_precision(precision: str, device: torch.device) -> str | None:
     if native:
         return None
     kind = precision.removeprefix("amp-")
-    return (f"[warn] train.precision {precision}: this CPU has no native {kind} arithmetic (AVX512-{kind.upper()}"
-            f" or AMX), so {kind} is emulated and trains several times slower than fp32; "
+    return (f"[warn] train.precision {precision}: oneDNN has no native {kind} kernels for this CPU (they need "
+            f"AVX-512 or AMX), so {kind} is emulated and trains several times slower than fp32; "
             f"--set train.precision=fp32 is faster here")
