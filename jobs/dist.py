@@ -7,7 +7,9 @@ backend, torchrun or Ray Train, or Slurm's ``SLURM_PROCID``/``SLURM_NTASKS``/``S
 ``comm: ddp`` (the default) uses torch.distributed: NCCL on GPUs, gloo on CPU.
 ``comm: horovod`` uses Horovod (started by horovodrun, by srun with the gloo rendezvous
 the Slurm script starts, or by Horovod's RayExecutor). The few collectives the loop needs
-(:func:`all_reduce_sum`, :func:`all_gather_object`, :func:`barrier`) work on either.
+(:func:`all_reduce_sum`, :func:`start_all_reduce_sum`, :func:`all_gather_object`,
+:func:`barrier`) work on either, and each call is counted in :data:`COLLECTIVES` (the
+gradient all-reduce of DDP or Horovod is not: it is the training step's own work).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from collections import Counter
 
 import torch
 import torch.distributed as dist
@@ -24,6 +27,7 @@ from jobs.placement import RankInfo, free_port, slurm_rendezvous
 
 DEFAULT_TIMEOUT_S = 600
 _horovod = None  # the horovod.torch module once comm: horovod is initialised
+COLLECTIVES: Counter[str] = Counter()  # calls of this module's collectives with more than one rank, by name
 
 
 def init_distributed(info: RankInfo, device: torch.device, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
@@ -87,37 +91,76 @@ def init_horovod(settings_env: dict[str, str]) -> RankInfo:
     return RankInfo(hvd.rank(), hvd.size(), hvd.local_rank())
 
 
+def _world_size() -> int:
+    if _horovod is not None:
+        return _horovod.size()
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few numbers over all ranks."""
+    """Sum a few numbers over all ranks (a host sync on a GPU: call it where the loop logs)."""
+    return start_all_reduce_sum(values, device).result()
+
+
+class PendingSum:
+    """The sum of :func:`start_all_reduce_sum`, read with :meth:`result`.
+
+    On a GPU the reduced tensor is copied into pinned host memory behind a CUDA event, so
+    :meth:`result` waits for that copy only, not for the work queued after it.
+    """
+
+    def __init__(self, reduced: torch.Tensor) -> None:
+        self._event = None
+        if reduced.device.type == "cuda":
+            host = torch.empty(reduced.shape, dtype=reduced.dtype, pin_memory=True)
+            host.copy_(reduced, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+            reduced = host
+        self._reduced = reduced
+
+    def result(self) -> list[float]:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._reduced.tolist()
+
+
+def start_all_reduce_sum(values: list[float], device: torch.device) -> PendingSum:
+    """Start summing a few numbers over all ranks; read the sum later with ``.result()``.
+
+    Under torch.distributed the sum is computed on ``device`` (NCCL needs a GPU tensor) and
+    read without draining the GPU's queue; Horovod sums a host tensor, off the GPU.
+    """
+    if _world_size() == 1:
+        return PendingSum(torch.tensor(values, dtype=torch.float64))
+    COLLECTIVES["all_reduce"] += 1
+    if _horovod is not None:
+        return PendingSum(_horovod.allreduce(torch.tensor(values, dtype=torch.float64), op=_horovod.Sum))
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if _horovod is not None and _horovod.size() > 1:
-        return _horovod.allreduce(tensor, op=_horovod.Sum).tolist()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor)
-    return tensor.tolist()
+    dist.all_reduce(tensor)
+    return PendingSum(tensor)
 
 
 def all_gather_object(obj: object) -> list:
     """Every rank's ``obj``, in rank order."""
+    if _world_size() == 1:
+        return [obj]
+    COLLECTIVES["all_gather_object"] += 1
     if _horovod is not None:
         return _horovod.allgather_object(obj)
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [obj]
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
 
 
 def barrier() -> None:
+    if _world_size() == 1:
+        return
+    COLLECTIVES["barrier"] += 1
     if _horovod is not None:
         _horovod.barrier()
-    elif dist.is_initialized() and dist.get_world_size() > 1:
+    else:
         dist.barrier()
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if ``flag`` is true on any rank (keeps ranks stopping together)."""
-    return all_reduce_sum([1.0 if flag else 0.0], device)[0] > 0
 
 
 def gather_hosts() -> list[str]:

@@ -148,6 +148,8 @@ class TrainConfig(StrictModel):
     compile: bool = False
     seed: int = 1
     log_every: int = Field(20, gt=0, description="steps between progress lines and metrics")
+    stop_check_every: int = Field(10, gt=0, description="optimizer steps between the ranks' stop votes "
+                                  "(a signal stops training within this many steps, twice that on GPUs)")
     checkpoint_every: int = Field(1, ge=0, description="epochs between checkpoints; 0 disables")
     keep_checkpoints: int = Field(2, gt=0)
     cpu_threads: int | None = Field(None, gt=0, description="torch threads per rank on CPU")

@@ -44,7 +44,6 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
 
 
 def _run_rank(job: ResolvedJob, hooks: Any, resume_from: Path | None, tracker: Any) -> int:
-    import torch
     import torch.distributed as dist
 
     from jobs.dist import barrier, init_distributed, init_horovod
@@ -53,13 +52,7 @@ def _run_rank(job: ResolvedJob, hooks: Any, resume_from: Path | None, tracker: A
     horovod = job.comm == "horovod"
     info = init_horovod(horovod_settings(job)) if horovod else detect_rank_env()
     print(f"[rank {info.rank}/{info.world_size}] pid {os.getpid()} on {socket.gethostname()}", flush=True)
-    if job.device == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        threads = job.recipe.train.cpu_threads or max(1, (os.cpu_count() or 1) // job.tasks_per_node)
-        torch.set_num_threads(threads)
+    device = rank_device(job, info)
     owns_group = not horovod and not dist.is_initialized()
     if not horovod:
         init_distributed(info, device)
@@ -74,6 +67,18 @@ def _run_rank(job: ResolvedJob, hooks: Any, resume_from: Path | None, tracker: A
     finally:
         if owns_group:
             dist.destroy_process_group()
+
+
+def rank_device(job: ResolvedJob, info: Any):
+    """This rank's ``torch.device``: its local GPU (made current), or the CPU with its share of threads."""
+    import torch
+
+    if job.device == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+        return device
+    torch.set_num_threads(job.recipe.train.cpu_threads or max(1, (os.cpu_count() or 1) // job.tasks_per_node))
+    return torch.device("cpu")
 
 
 def horovod_settings(job: ResolvedJob) -> dict[str, str]:

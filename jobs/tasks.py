@@ -31,6 +31,7 @@ class Loader(Protocol):
 class Task(Protocol):
     metric: str  # the name of the target metric, e.g. "top1"
     unit: str  # what throughput counts, e.g. "img"
+    varying_shapes: bool  # batches change shape from step to step (torch.compile(dynamic=True))
 
     def build_model(self) -> nn.Module: ...
 
@@ -48,6 +49,7 @@ class ImageClassification:
 
     metric = "top1"
     unit = "img"
+    varying_shapes = False
 
     def __init__(self, job: ResolvedJob, device: torch.device, autocast: Any) -> None:
         self.job = job

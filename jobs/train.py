@@ -6,8 +6,12 @@ on a resolved config that ``podrun render`` wrote::
     RANK=0 WORLD_SIZE=1 python -m jobs.run .podrun/jobs/<id>/config.resolved.yaml
 
 Only rank 0 logs to MLflow and MLPerf, and writes checkpoints. SIGUSR2 or SIGTERM sets a
-flag; at the next step boundary every rank agrees to stop, rank 0 writes a checkpoint
-and the ranks exit with :data:`jobs.exit_codes.PREEMPTED`, ready to resume.
+flag; at the next stop vote (every ``train.stop_check_every`` steps, see
+:mod:`jobs.stopping`) every rank agrees to stop at the same step, rank 0 writes a
+checkpoint and the ranks exit with :data:`jobs.exit_codes.PREEMPTED`, ready to resume.
+
+A step asks nothing of the host but to queue work: the loss is read (a host-device sync)
+and the ranks' counts are summed (a collective) only on steps that log.
 """
 
 from __future__ import annotations
@@ -15,10 +19,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import signal
 import socket
-import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +32,16 @@ from torch.nn.parallel import DistributedDataParallel
 
 from jobs import exit_codes
 from jobs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from jobs.dist import all_gather_object, all_reduce_sum, any_rank, gather_hosts, horovod
+from jobs.dist import COLLECTIVES, all_gather_object, all_reduce_sum, gather_hosts, horovod
 from jobs.job import ResolvedJob
 from jobs.mlperf_log import MlperfLogger, log_submission
 from jobs.optim import build_optimizer, learning_rate, set_learning_rate
 from jobs.phases import PhaseClock, remember_end, remember_start
 from jobs.placement import RankInfo
+from jobs.precision import autocast_for, check_precision, grad_scaler
 from jobs.progress import ProgressLine, format_eta
 from jobs.run_tracking import RunTracking
+from jobs.stopping import StopFlag, StopVote
 from jobs.tasks import build_task
 
 
@@ -49,24 +54,6 @@ class Window:
     def add(self, items: int) -> None:
         self.items += items
         self.micro_batches += 1
-
-
-class StopFlag:
-    """Set by a signal handler; the loop checks it at step boundaries (handlers do nothing else)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # Ray Train runs the loop in a thread; Ray owns the signals there
-        for sig in (signal.SIGUSR2, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
 
 
 def rng_state() -> dict[str, Any]:
@@ -86,6 +73,18 @@ def set_rng_state(saved: list[dict[str, Any]], rank: int, world_size: int) -> No
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def unwrapped_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A model state dict without the key prefixes of wrappers (``torch.compile``, DDP).
+
+    podrun saves the bare module's state, so its checkpoints have none; this also loads one
+    saved from a wrapped model by other code.
+    """
+    prefixes = ("_orig_mod.", "module.")
+    while state and all(key.startswith(prefixes) for key in state):
+        state = {key.split(".", 1)[1]: value for key, value in state.items()}
+    return state
+
+
 def say(message: str) -> None:
     print(message, flush=True)
 
@@ -94,18 +93,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def autocast_for(precision: str, device: torch.device):
-    """A zero-argument context factory for the recipe's precision."""
-    if device.type == "cuda":
-        allow_tf32 = precision != "fp32"
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-        torch.backends.cudnn.allow_tf32 = allow_tf32
-    if precision.startswith("amp-"):
-        dtype = torch.bfloat16 if precision == "amp-bf16" else torch.float16
-        return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-    return contextlib.nullcontext
 
 
 class Trainer:
@@ -117,17 +104,21 @@ class Trainer:
         self.hooks = hooks  # optional: checkpointed(path, state) and finished(code, state) on every rank
         self.recipe = job.recipe
         self.stop = StopFlag()
+        self.vote = StopVote(self.recipe.train.stop_check_every, device, info.world_size)
         self.ckpt_dir = Path(job.checkpoint_dir)
         self.job_dir = Path(job.job_dir)
         self.mllog = MlperfLogger(self._mllog_path(), enabled=info.is_main)
         self.mllog.event("cache_clear", True)  # before init_start: ruleset 0.6.0 requires it, later ones allow it
         self.mllog.start("init_start")
         seed_everything(self.recipe.train.seed)
+        slow = check_precision(self.recipe.train.precision, device)
+        if slow and info.is_main:
+            say(slow)
         self.autocast = autocast_for(self.recipe.train.precision, device)
         self.task = build_task(job, device, self.autocast)
         self.model = self._build_model()
         self.optimizer = self._wrap_optimizer(build_optimizer(self.module, self.recipe.optim, job.derived))
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.recipe.train.precision == "amp-fp16")
+        self.scaler = grad_scaler(self.recipe.train.precision, device)
         self.train_loader, self.val_loader = self.task.build_loaders(info.rank, info.world_size)
         self.steps_per_epoch = len(self.train_loader)  # micro-batches: the data position
         updates_per_epoch = math.ceil(self.steps_per_epoch / job.derived.update_freq)
@@ -165,7 +156,10 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = self.ddp = DistributedDataParallel(model, device_ids=ids)
         if self.recipe.train.compile:
-            model = torch.compile(model)
+            if self.info.is_main:
+                say("[compile] torch.compile: the first steps compile the model (minutes on a small CPU)")
+            # None: a second batch shape turns on dynamic shapes; True skips the static first compile.
+            model = torch.compile(model, dynamic=True if self.task.varying_shapes else None)
         return model
 
     def _wrap_optimizer(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -182,7 +176,7 @@ class Trainer:
         if path is None:
             return None
         checkpoint = load_checkpoint(path)
-        self.module.load_state_dict(checkpoint["model"])
+        self.module.load_state_dict(unwrapped_state(checkpoint["model"]))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.state.update(checkpoint["progress"])
@@ -242,6 +236,7 @@ class Trainer:
         self.phases.start_run(self.state, self.run_started)
         if self.info.is_main:
             remember_start(self.ckpt_dir, self.phases)
+        self.first_step, self.collectives_before = self.state["global_step"], Counter(COLLECTIVES)
         hosts = gather_hosts()  # a collective: every rank takes part
         if self.tracking:
             self.tracking.start(hosts, self.steps_per_epoch, self.train_loader.samples, self.val_loader.samples)
@@ -264,8 +259,12 @@ class Trainer:
             if reached:
                 self._checkpoint()
                 return exit_codes.SUCCESS
-            if self._checkpoint_due(epoch):
+            saved = self._checkpoint_due(epoch)
+            if saved:
                 self._checkpoint()
+            if epoch + 1 < self.recipe.train.epochs and self.vote.settle(self.stop.requested):
+                self._on_stop(checkpoint=not saved)  # a signal during evaluation or the epoch's last steps
+                return exit_codes.PREEMPTED
         return exit_codes.NOT_REACHED
 
     def _checkpoint_due(self, epoch: int) -> bool:
@@ -287,10 +286,10 @@ class Trainer:
             if not boundary:
                 continue  # a stop or a checkpoint only happens between optimizer steps
             if self.state["global_step"] % self.recipe.train.log_every == 0 or index + 1 == self.steps_per_epoch:
-                self._report(epoch, index + 1, float(loss), window)
+                self._report(epoch, index + 1, float(loss), window)  # float(): the only sync, on logging steps
                 window = Window()
-            if any_rank(self.stop.requested, self.device):
-                self._on_stop(epoch)
+            if self.vote.after_step(self.state["global_step"], self.stop.requested):
+                self._on_stop()
                 return False
         return True
 
@@ -299,7 +298,7 @@ class Trainer:
         accumulate = not boundary and self.ddp is not None
         with self.ddp.no_sync() if accumulate else contextlib.nullcontext():
             loss, items = self.task.train_step_loss(self.model, batch)
-            self.scaler.scale(loss / update_freq).backward()
+            self.scaler.scale(loss / update_freq if update_freq > 1 else loss).backward()
         if boundary:
             self.lr = learning_rate(self.state["global_step"], base_lr=self.job.derived.lr,
                                     end_lr=self.recipe.optim.end_lr, warmup_steps=self.warmup_steps,
@@ -332,11 +331,19 @@ class Trainer:
         if self.tracking:
             self.tracking.step_metrics(self.state["global_step"], loss, self.lr, rate, self.task.unit)
 
-    def _on_stop(self, epoch: int) -> None:
+    def _on_stop(self, checkpoint: bool = True) -> None:
         if self.info.is_main:
-            say(f"[stop] {self.stop.signal_name or 'signal on another rank'}: checkpointing at epoch {epoch + 1}"
-                f" step {self.state['step_in_epoch']}")
-        self._checkpoint()
+            say(f"[stop] {self.stop.signal_name or 'signal on another rank'}: checkpointing at epoch"
+                f" {self.state['epoch'] + 1} step {self.state['step_in_epoch']}")
+        if checkpoint:
+            self._checkpoint()
+
+    def _say_collectives(self) -> None:
+        """How often this run stopped to talk to the other ranks, besides the gradients' all-reduce."""
+        if self.info.world_size > 1 and hasattr(self, "first_step"):
+            calls = COLLECTIVES - self.collectives_before
+            say(f"[comm] {calls.total()} collectives in {self.state['global_step'] - self.first_step} optimizer"
+                f" steps ({', '.join(f'{name} {count}' for name, count in sorted(calls.items()))})")
 
     def _elapsed(self) -> float:
         """Training time so far, across resumed attempts (time-to-train, MLPerf-style)."""
@@ -372,6 +379,7 @@ class Trainer:
             self.mllog.end("run_stop", metadata={"status": "success" if code == exit_codes.SUCCESS else "aborted"})
         if self.info.is_main:
             exit_codes.write_outcome(self.job_dir, code)
+            self._say_collectives()
             say(f"[done] {exit_codes.DESCRIPTIONS.get(code, 'failed')}: time to train {time_to_train:.1f} s,"
                 f" best {self.task.metric} {self.state['best_metric']:.4f}")
         if self.tracking:

@@ -51,6 +51,7 @@ class Translation:
 
     metric = "bleu"
     unit = "tok"
+    varying_shapes = True  # token-bucketed batches: compile for dynamic shapes at once
 
     def __init__(self, job: ResolvedJob, device: torch.device, autocast: Any) -> None:
         self.job, self.recipe = job, job.recipe

@@ -17,6 +17,7 @@ from typing import Any
 from jobs.checkpoint_index import latest_checkpoint
 from jobs.config_io import deep_merge, expand_env, parse_set, read_yaml, set_dotted, validate
 from jobs.job import ResolvedJob
+from jobs.modes import mode_problem
 from jobs.recipe import Recipe
 from orchestrator.errors import ConfigError
 from orchestrator.job_env import detach_secrets
@@ -150,6 +151,11 @@ def load_job(
     tasks = _tasks_per_node(spec, profile, chosen_backend)
     world = spec.nodes * tasks
     derived = derive(recipe, world)
+    device = "cuda" if _gpus(profile, chosen_backend) else "cpu"
+    problem = mode_problem(recipe.train.precision, recipe.train.compile, device, gpu=profile.gpu,
+                           check_compiler=chosen_backend == "local")
+    if problem:
+        raise ConfigError(f"job '{spec.name}' on profile '{profile.name}' ({device}): {problem}")
     job_id = job_id or new_job_id(spec.name)
     checkpoint_dir = _checkpoint_dir(profile, spec.name, job_id, resume)
     state_dir = _absolute(profile, profile.state_dir) if profile.state_dir else podrun_home()
@@ -163,7 +169,7 @@ def load_job(
         nodes=spec.nodes,
         tasks_per_node=tasks,
         world_size=world,
-        device="cuda" if _gpus(profile, chosen_backend) else "cpu",
+        device=device,
         comm=spec.comm,
         horovod=spec.horovod,
         derived=derived,
