@@ -65,6 +65,7 @@ class ResolvedJob(StrictModel):
     tracking_uri: str
     experiment: str = Field(description="the MLflow experiment")
     git_sha: str = "unknown"
+    watchdog_timeout_s: float = Field(600, ge=0, description="see jobs.watchdog; 0: off")
 
 
 def load_resolved(path: Path) -> ResolvedJob:

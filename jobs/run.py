@@ -6,16 +6,17 @@ differs (see :mod:`jobs.dist`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from jobs import exit_codes
+from jobs import checkpoint_lock, exit_codes
 from jobs.errors import PodrunError
 from jobs.job import ResolvedJob, apply_array_task, load_resolved
-from jobs.placement import detect_rank_env
+from jobs.placement import RankInfo, detect_rank_env
 
 
 def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = None) -> int:
@@ -26,6 +27,12 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
     """
     job = apply_array_task(job, dict(os.environ))
     early = detect_rank_env()
+    # Rank 0 holds the checkpoint folder while it runs: a second job resuming it is refused.
+    with checkpoint_lock.hold(Path(job.checkpoint_dir), job.job_id) if early.is_main else contextlib.nullcontext():
+        return _tracked_rank(job, early, hooks, resume_from)
+
+
+def _tracked_rank(job: ResolvedJob, early: RankInfo, hooks: Any, resume_from: Path | None) -> int:
     # Rank 0 starts its MLflow sender before importing torch, so MLflow's own start-up
     # (seconds of imports and store set-up, in another process) overlaps torch's.
     tracker = None
@@ -46,6 +53,7 @@ def _run_rank(job: ResolvedJob, hooks: Any, resume_from: Path | None, tracker: A
 
     from jobs.dist import barrier, init_distributed, init_horovod
     from jobs.train import Trainer
+    from jobs.watchdog import process_group_timeout_s
 
     horovod = job.comm == "horovod"
     info = init_horovod(horovod_settings(job)) if horovod else detect_rank_env()
@@ -59,7 +67,7 @@ def _run_rank(job: ResolvedJob, hooks: Any, resume_from: Path | None, tracker: A
         torch.set_num_threads(threads)
     owns_group = not horovod and not dist.is_initialized()
     if not horovod:
-        init_distributed(info, device)
+        init_distributed(info, device, timeout_s=process_group_timeout_s(job.watchdog_timeout_s))
     try:
         trainer = Trainer(job, info, device, hooks=hooks, resume_from=resume_from,
                           tracker=tracker if info.is_main else None)
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         code = run_rank(load_resolved(Path(args[0])))
     except PodrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exit_codes.FAILED
+        return exc.exit_code
     # horovodrun stops every rank when one exits non-zero: report "not reached" or "preempted"
     # through outcome.json instead (the local backend reads it).
     if os.environ.get("PODRUN_EXIT_ZERO") and code != exit_codes.FAILED:

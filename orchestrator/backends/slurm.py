@@ -18,6 +18,7 @@ import jinja2
 
 from jobs import exit_codes
 from jobs.job import CONFIG_FILE
+from jobs.watchdog import collective_fault_env
 from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.errors import BackendError, ConfigError
 from orchestrator.jobspec import PLAN_FILE, LaunchPlan, dump_plan
@@ -75,7 +76,7 @@ def _environment() -> jinja2.Environment:
 
 def job_environment(plan: LaunchPlan) -> dict[str, str]:
     """The variables the script exports: NCCL/IB settings, timeouts, then the profile's own."""
-    env = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_DEBUG": "WARN", "PYTHONUNBUFFERED": "1"}
+    env = {**collective_fault_env(), "NCCL_DEBUG": "WARN", "PYTHONUNBUFFERED": "1"}
     env.update(plan.profile.interconnect.env)
     env.update(plan.profile.env)
     return env
