@@ -126,3 +126,4 @@ class FileCreations:
 
     def close(self) -> None:
         os.close(self.fd)
+

@@ -149,6 +149,26 @@ def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(local_e
     resume_and_compare(local_env, capsys, reference, last_saved.name)
 
 
+def test_checkpoint_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    from jobs.checkpoint_lock import CheckpointInUse, hold
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom jobs.checkpoint_lock import hold\n"
+                               f"with hold({str(tmp_path)!r}, 'first-job'):\n print('held', flush=True)\n"
+                               " time.sleep(60)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CheckpointInUse) as refused, hold(tmp_path, "second-job", wait_s=1):
+            pass
+        message = str(refused.value)
+        assert "in use by job first-job" in message and f"pid {holder.pid} on {socket.gethostname()}" in message
+        assert refused.value.exit_code == exit_codes.IN_USE
+    finally:
+        holder.kill()
+        holder.wait()
+    with hold(tmp_path, "second-job", wait_s=5):  # the kernel let go when the holder died
+        pass
+
+
 def test_kill_during_a_checkpoint_write_never_loads_the_partial_file(local_env, capsys, reference):
     record, log = start_detached(local_env)
     wait_for_step(log, 1, 2)

@@ -74,6 +74,23 @@ def die_with_parent() -> Callable[[], None]:
     return preexec
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, read from /proc (no extra dependency)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, stack = [], list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, []))
+    return found
+
+
 def write_rank_pids(job_dir: Path, pids: list[int]) -> None:
     path = Path(job_dir) / RANKS_FILE
     tmp = path.with_name(f".{RANKS_FILE}.tmp")

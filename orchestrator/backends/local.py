@@ -28,6 +28,7 @@ from jobs.watchdog import collective_fault_env
 from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.backends.lifeline import (
     Lifeline,
+    descendants,
     die_with_parent,
     let_go,
     open_lifeline,
@@ -162,18 +163,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def rank_descendants(pid: int) -> list[int]:
-    """Processes under ``pid`` that run ``jobs.run`` (read from /proc: no extra dependency)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, stack = [], list(children.get(pid, []))
-    while stack:
-        child = stack.pop()
-        stack.extend(children.get(child, []))
+    """Processes under ``pid`` that run ``jobs.run``."""
+    found = []
+    for child in descendants(pid):
         try:
             if b"jobs.run" in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(child)

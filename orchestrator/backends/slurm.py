@@ -20,6 +20,7 @@ from jobs import exit_codes
 from jobs.job import CONFIG_FILE
 from jobs.watchdog import collective_fault_env
 from orchestrator.backends.base import Backend, config_heredoc
+from orchestrator.backends.slurm_submit import submission_mark, submit_once
 from orchestrator.errors import BackendError, ConfigError
 from orchestrator.jobspec import PLAN_FILE, LaunchPlan, dump_plan
 from orchestrator.jobstore import (
@@ -34,6 +35,7 @@ from orchestrator.jobstore import (
     is_terminal,
 )
 from orchestrator.profiles import REPO_ROOT, LoginConfig
+from orchestrator.ssh_retry import retrying
 from orchestrator.tunnel import Tunnel, open_tunnel
 
 TEMPLATE_DIR = REPO_ROOT / "slurm"
@@ -50,6 +52,11 @@ SLURM_STATES = {
     "FAILED": FAILED, "TIMEOUT": FAILED, "NODE_FAIL": FAILED, "BOOT_FAIL": FAILED, "DEADLINE": FAILED,
     "OUT_OF_MEMORY": FAILED, "SPECIAL_EXIT": FAILED, "REVOKED": FAILED,
 }
+
+
+# What squeue says when slurmctld is down or restarting (the job itself runs on).
+CONTROLLER_DOWN = re.compile(r"contact slurm controller|Socket timed out|Connection refused|Zero Bytes were "
+                             r"transmitted")
 
 
 def sbatch_value(value: object) -> str:
@@ -160,7 +167,7 @@ class SlurmBackend(Backend):
         """One tunnel (one SSH connection) per login host, reused within a command."""
         key = login.model_dump_json() if login else "local"
         if key not in self._tunnels:
-            self._tunnels[key] = open_tunnel(login)
+            self._tunnels[key] = retrying(open_tunnel(login))  # a dropped SSH connection is retried
         return self._tunnels[key]
 
     def _record_tunnel(self, record: JobRecord) -> Tunnel:
@@ -176,7 +183,8 @@ class SlurmBackend(Backend):
         script_path = str(Path(job.job_dir) / "job.sbatch")
         tunnel.write_text(script_path, self.render(plan), mode=0o755)
         tunnel.run(["mkdir", "-p", str(Path(job.job_dir) / "logs")])
-        result = tunnel.run(["sbatch", "--parsable", script_path])
+        sbatch = ["sbatch", "--parsable", f"--comment={submission_mark(job.job_id)}", script_path]
+        result = submit_once(tunnel, sbatch, job.name, job.job_id)  # never twice, even if the reply is lost
         if result.returncode == 127:
             raise BackendError("sbatch not found: install the Slurm client here, or set the profile's slurm.login "
                                "to submit through a login node")
@@ -197,6 +205,9 @@ class SlurmBackend(Backend):
             return record  # terminal states are cached
         tunnel = self._record_tunnel(record)
         state, detail, exit_code = self._query(tunnel, record.native_id)
+        if state is None:  # slurmctld did not answer (restarting?): the job itself runs on
+            record.detail = f"slurmctld unreachable ({detail}); last known: {record.state}"
+            return record
         record.state, record.detail = state, detail
         if exit_code is not None:
             record.exit_code = exit_code
@@ -207,10 +218,13 @@ class SlurmBackend(Backend):
             record.save()
         return record
 
-    def _query(self, tunnel: Tunnel, job_id: str) -> tuple[str, str, int | None]:
+    def _query(self, tunnel: Tunnel, job_id: str) -> tuple[str | None, str, int | None]:
+        """(state, detail, exit code); state None when slurmctld does not answer."""
         queue = tunnel.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
         if queue.returncode == 127:
             raise BackendError("squeue not found: install the Slurm client, or use a profile with slurm.login")
+        if queue.returncode != 0 and CONTROLLER_DOWN.search(queue.stderr):
+            return None, queue.stderr.strip().splitlines()[-1][:200], None
         lines = [line for line in queue.stdout.splitlines() if line.strip()]
         show = tunnel.run(["scontrol", "show", "job", "-o", job_id])
         fields = parse_scontrol(show.stdout) if show.returncode == 0 else {}
