@@ -9,9 +9,11 @@ checkpoint with it (weights bit for bit, and the evaluations).
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -42,15 +44,30 @@ def podrun(*argv: str, env: dict[str, str], **kwargs: Any) -> subprocess.Popen:
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The final checkpoint of the fault job run once, start to end, with nothing going wrong."""
-    home = tmp_path_factory.mktemp("reference")
+    """The final checkpoint of the fault job run once, start to end, with nothing going wrong.
+
+    Under pytest-xdist the workers share one run (the first one to need it makes it).
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # this session's folder, the same for every worker
+    with open(shared / "fault-reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        home = shared / "fault-reference"
+        if not list_records(home):
+            run_reference(home)
+    (record,) = list_records(home)
+    return final_state(record.checkpoint_dir) | {"checkpoint_dir": record.checkpoint_dir}
+
+
+def run_reference(home: Path) -> None:
     env = os.environ | {"PODRUN_HOME": str(home), "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = podrun("launch", *LOCAL_JOB, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == exit_codes.NOT_REACHED, out[-3000:]
-    (record,) = list_records(home)
-    return final_state(record.checkpoint_dir) | {"checkpoint_dir": record.checkpoint_dir}
+    if proc.returncode != exit_codes.NOT_REACHED:
+        shutil.rmtree(home, ignore_errors=True)
+        pytest.fail(f"the reference run failed:\n{out[-3000:]}")
 
 
 def final_state(checkpoint_dir: str | Path) -> dict[str, Any]:

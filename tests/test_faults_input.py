@@ -121,12 +121,12 @@ def fake_checkpoints(home: Path, job_id: str, contents: list[bytes], checksums: 
     return folder
 
 
-def test_resume_with_only_damaged_checkpoints_is_refused_before_launch(capsys, local_env):
-    folder = fake_checkpoints(local_env, "old-job", [b"PK\x03\x04 truncated", b"\x00" * 64], checksums=True)
+def test_resume_with_only_damaged_checkpoints_is_refused_before_launch(capsys, podrun_home):
+    folder = fake_checkpoints(podrun_home, "old-job", [b"PK\x03\x04 truncated", b"\x00" * 64], checksums=True)
     err = one_line_error(capsys, ["launch", "resnet50:tiny", "--resume", "old-job"])
     assert f"no valid checkpoint in {folder}" in err
     assert "ckpt-000000002.pt: sha256" in err and "ckpt-000000001.pt: sha256" in err
-    assert not list(local_env.glob("jobs/*/job.json"))  # refused before anything was submitted
+    assert not list(podrun_home.glob("jobs/*/job.json"))  # refused before anything was submitted
 
 
 def test_garbage_checkpoints_without_checksums_give_one_error(tmp_path, capsys):

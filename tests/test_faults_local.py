@@ -69,19 +69,19 @@ def resume_and_compare(home: Path, capsys, reference, resumed_from: str) -> None
     capsys.readouterr()
 
 
-def test_sigkill_of_one_rank_fails_the_job_quickly_and_resume_matches(local_env, capsys, reference):
-    record, log = start_detached(local_env)
+def test_sigkill_of_one_rank_fails_the_job_quickly_and_resume_matches(podrun_home, capsys, reference):
+    record, log = start_detached(podrun_home)
     wait_for_step(log, 2, 3)
     kill(rank_pids(record.job_dir)[1])  # rank 1, mid-epoch: no checkpoint on the way out
     line, took = wait_ended(record.job_id, capsys, timeout=RANK_GRACE_S + 60)
     assert "FAILED" in line and "rank 1 killed by SIGKILL first" in line, line
     assert took < RANK_GRACE_S + 30
     assert_nothing_left(record.job_dir)
-    resume_and_compare(local_env, capsys, reference, "ckpt-000000008.pt")
+    resume_and_compare(podrun_home, capsys, reference, "ckpt-000000008.pt")
 
 
-def test_stopped_rank_is_named_by_the_watchdog_and_resume_matches(local_env, capsys, reference):
-    record, log = start_detached(local_env, "--set", "watchdog_timeout_s=20")
+def test_stopped_rank_is_named_by_the_watchdog_and_resume_matches(podrun_home, capsys, reference):
+    record, log = start_detached(podrun_home, "--set", "watchdog_timeout_s=20")
     wait_for_step(log, 2, 3)
     stuck = rank_pids(record.job_dir)[1]
     kill(stuck, signal.SIGSTOP)
@@ -90,12 +90,25 @@ def test_stopped_rank_is_named_by_the_watchdog_and_resume_matches(local_env, cap
     expected = f"rank 1 on host {socket.gethostname()} (pid {stuck}) stopped responding"
     assert "FAILED" in line and expected in line, line
     assert "[watchdog] rank 0 made no progress" in log.read_text()
-    assert list_records(local_env)[0].exit_code == exit_codes.STALLED
+    assert list_records(podrun_home)[0].exit_code == exit_codes.STALLED
     assert_nothing_left(record.job_dir)  # the stopped rank too: it was killed
-    resume_and_compare(local_env, capsys, reference, "ckpt-000000008.pt")
+    resume_and_compare(podrun_home, capsys, reference, "ckpt-000000008.pt")
 
 
-def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(local_env, capsys, reference, tmp_path):
+def test_gpu_ranks_get_nccl_async_error_handling_and_a_group_timeout_above_the_watchdog(tmp_path, podrun_home):
+    from jobs.watchdog import process_group_timeout_s
+    from orchestrator.backends.local import LocalBackend
+    from orchestrator.resolve import load_job
+
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text("profiles:\n  gpus: {scheduler: local, gpus_per_node: 2}\n")
+    plan = load_job("resnet50:tiny", ["cluster=gpus", "watchdog_timeout_s=900"], cluster_file=str(cluster))
+    assert plan.job.device == "cuda" and plan.job.watchdog_timeout_s == 900
+    assert LocalBackend().render(plan).count("TORCH_NCCL_ASYNC_ERROR_HANDLING=1 ") == 2  # each rank
+    assert process_group_timeout_s(900) == 960 and process_group_timeout_s(20) == 600
+
+
+def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(podrun_home, capsys, reference, tmp_path):
     env = os.environ.copy()
     # 1. `podrun launch JOB | tee log`, then Ctrl-C: the whole foreground group gets SIGINT, tee dies with it.
     tee_log = tmp_path / "tee.log"
@@ -103,8 +116,8 @@ def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(local_e
     path = f"{Path(sys.executable).parent}:{env['PATH']}"
     shell = subprocess.Popen(["bash", "-c", command], env=env | {"PATH": path},
                              cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: list_records(local_env), "the job record", 120)
-    first = list_records(local_env)[0]
+    wait_until(lambda: list_records(podrun_home), "the job record", 120)
+    first = list_records(podrun_home)[0]
     wait_for_step(Path(first.job_dir) / "logs" / "rank0.log", 2, 2)
     os.killpg(shell.pid, signal.SIGINT)
     line, _ = wait_ended(first.job_id, capsys, timeout=RANK_GRACE_S + 60)
@@ -115,7 +128,7 @@ def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(local_e
 
     # 2. An attached `--resume` whose launcher is killed: the job stops after a checkpoint, and says why.
     cli = podrun("launch", *LOCAL_JOB, "--resume", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    second = wait_until(lambda: next((r for r in list_records(local_env) if r.job_id != first.job_id), None),
+    second = wait_until(lambda: next((r for r in list_records(podrun_home) if r.job_id != first.job_id), None),
                         "the second job", 120)
     wait_for_text(Path(second.job_dir) / "logs" / "rank0.log", f"[resume] {saved.name}")
     wait_for_text(Path(second.job_dir) / "logs" / "rank0.log", "[train] epoch 2/2 step ")
@@ -128,7 +141,7 @@ def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(local_e
     # 3. A detached `--resume`; a second `--resume` of the same folder is refused and names the first;
     #    then its supervisor is killed: the ranks checkpoint and stop, and status says so.
     assert main(["launch", *LOCAL_JOB, "--resume", "--detach"]) == 0
-    third = list_records(local_env)[0]
+    third = list_records(podrun_home)[0]
     wait_for_text(Path(third.job_dir) / "logs" / "rank0.log", "[train] epoch 2/2 step ")
     capsys.readouterr()
     assert main(["launch", *LOCAL_JOB, "--resume"]) == exit_codes.IN_USE
@@ -146,7 +159,7 @@ def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(local_e
 
     # 4. The last `--resume` ends where an uninterrupted run does.
     last_saved = list_checkpoints(Path(third.checkpoint_dir))[-1]
-    resume_and_compare(local_env, capsys, reference, last_saved.name)
+    resume_and_compare(podrun_home, capsys, reference, last_saved.name)
 
 
 def test_checkpoint_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
@@ -169,8 +182,8 @@ def test_checkpoint_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
         pass
 
 
-def test_kill_during_a_checkpoint_write_never_loads_the_partial_file(local_env, capsys, reference):
-    record, log = start_detached(local_env)
+def test_kill_during_a_checkpoint_write_never_loads_the_partial_file(podrun_home, capsys, reference):
+    record, log = start_detached(podrun_home)
     wait_for_step(log, 1, 2)
     folder = Path(record.checkpoint_dir)
     creations = FileCreations(folder)
@@ -186,7 +199,7 @@ def test_kill_during_a_checkpoint_write_never_loads_the_partial_file(local_env, 
     line, _ = wait_ended(record.job_id, capsys, timeout=RANK_GRACE_S + 60)
     assert "FAILED" in line, line
     assert [p.name for p in list_checkpoints(folder)] == ["ckpt-000000008.pt"]
-    resume_and_compare(local_env, capsys, reference, "ckpt-000000008.pt")
+    resume_and_compare(podrun_home, capsys, reference, "ckpt-000000008.pt")
     assert not partial.exists()  # the next write cleared it
 
 
@@ -198,12 +211,12 @@ def copy_checkpoints(source: str, home: Path, job_id: str) -> Path:
     return folder
 
 
-def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(local_env, capsys, reference):
-    folder = copy_checkpoints(reference["checkpoint_dir"], local_env, "earlier-job")
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(podrun_home, capsys, reference):
+    folder = copy_checkpoints(reference["checkpoint_dir"], podrun_home, "earlier-job")
     latest = folder / "ckpt-000000016.pt"
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
     assert main(["launch", *LOCAL_JOB, "--resume", "earlier-job"]) == exit_codes.NOT_REACHED
-    resumed = list_records(local_env)[0]
+    resumed = list_records(podrun_home)[0]
     log = (Path(resumed.job_dir) / "logs" / "rank0.log").read_text()
     assert "[resume] warning: skipping" in log and "ckpt-000000016.pt: sha256" in log and "truncated" in log
     assert "[resume] warning: falling back to" in log and "[resume] ckpt-000000008.pt: epoch 2" in log
@@ -246,15 +259,15 @@ def fill(folder: Path) -> Path:
 
 
 def test_full_disk_during_a_checkpoint_stops_with_its_own_code_and_keeps_the_earlier_one(
-        local_env, capsys, reference, small_filesystem):
-    record, log = start_detached(local_env, "--set", f"profile.checkpoint_root={small_filesystem}")
+        podrun_home, capsys, reference, small_filesystem):
+    record, log = start_detached(podrun_home, "--set", f"profile.checkpoint_root={small_filesystem}")
     wait_for_text(log, "[checkpoint] ")  # step 8 is on disk
     wait_for_step(log, 2, 1)
     filler = fill(small_filesystem)
     line, _ = wait_ended(record.job_id, capsys, timeout=RANK_GRACE_S + 120)
     assert "FAILED" in line and "could not write a checkpoint" in line, line
     assert "No space left on device" in line and "earlier checkpoints kept: ckpt-000000008.pt" in line, line
-    assert list_records(local_env)[0].exit_code == exit_codes.CHECKPOINT_FAILED
+    assert list_records(podrun_home)[0].exit_code == exit_codes.CHECKPOINT_FAILED
     folder = Path(record.checkpoint_dir)
     assert [p.name for p in list_checkpoints(folder)] == ["ckpt-000000008.pt"]
     assert checkpoint_problem(folder / "ckpt-000000008.pt") is None  # intact: matches its checksum

@@ -19,6 +19,7 @@ from jobs import exit_codes
 from jobs.checkpoint_index import read_run_info
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records
+from tests import test_tracking
 from tests.faults import LOCAL_JOB, STEPS_PER_EPOCH, assert_same_result
 from tests.test_tracking import MlflowServer
 from tests.waiting import wait_for_text, wait_state, wait_until
@@ -38,14 +39,15 @@ def last_logged_step(log: Path) -> int:
     return (int(epoch) - 1) * STEPS_PER_EPOCH + int(step)
 
 
-def test_mlflow_outages_lose_nothing(local_env, capsys, tmp_path, monkeypatch, reference):
+def test_mlflow_outages_lose_nothing(podrun_home, capsys, tmp_path, monkeypatch, reference):
+    monkeypatch.setattr(test_tracking, "SERVER_START_TIMEOUT_S", 300)  # it starts twice, on a busy machine
     server = MlflowServer(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.setenv("PODRUN_MLFLOW_RETRY_S", "2")
     try:
         # 1. Down for the whole run: the job trains as usual, keeps every record, says `podrun sync`.
         assert main(["launch", *LOCAL_JOB]) == exit_codes.NOT_REACHED
-        offline = list_records(local_env)[0]
+        offline = list_records(podrun_home)[0]
         assert f"podrun sync {offline.job_id}" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
         assert_same_result(offline.checkpoint_dir, reference)  # the outage changed nothing in training
         server.start()
@@ -62,7 +64,7 @@ def test_mlflow_outages_lose_nothing(local_env, capsys, tmp_path, monkeypatch, r
 
         # 2. Killed mid-run, restarted while the job runs: the job sends what it kept by itself.
         assert main(["launch", *LONG_JOB, "--detach"]) == 0
-        record = list_records(local_env)[0]
+        record = list_records(podrun_home)[0]
         log = Path(record.job_dir) / "logs" / "rank0.log"
         wait_for_text(log, "[train] epoch 1/20 step 3/")
         run_id = wait_until(lambda: read_run_info(Path(record.checkpoint_dir)).get("mlflow_run_id"), "the run", 60)
