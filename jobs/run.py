@@ -24,6 +24,11 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
 
     ``hooks`` and ``resume_from`` let a backend (Ray Train) see checkpoints and pick the
     one to resume from; see :class:`jobs.train.Trainer`.
+
+    Raises:
+        CheckpointInUse: (rank 0) another job trains from the same checkpoint folder.
+        CheckpointError: no checkpoint in the folder can be loaded.
+        CheckpointWriteError: a checkpoint could not be written (a full disk).
     """
     job = apply_array_task(job, dict(os.environ))
     early = detect_rank_env()

@@ -46,8 +46,7 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="podrun",
-                                     description="Launch training recipes from one machine to a SuperPOD.")
+    parser = _Parser(prog="podrun", description="Launch training recipes from one machine to a SuperPOD.")
     sub = parser.add_subparsers(dest="command", required=True)
     launch = sub.add_parser("launch", help="run a job")
     _job_arguments(launch)
