@@ -22,11 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
 from jobs.errors import ConfigError
+from jobs.yaml_guard import MalformedYaml, load_yaml_text, read_config_bytes
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
@@ -44,18 +44,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping and expand ``${VAR}`` references in its strings (``env`` mappings excepted).
 
     Raises:
-        ConfigError: the file is missing, is not valid YAML or is not a mapping.
+        ConfigError: the file is missing, is not valid YAML or is not a mapping; or it is
+            binary, too big, not UTF-8, or has duplicate keys or endless aliases
+            (:mod:`jobs.yaml_guard`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    data = load_yaml_text(read_config_bytes(path), str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -227,14 +221,16 @@ def parse_set(assignment: str) -> tuple[str, Any]:
     """Parse one ``--set key=value``; the value is read as YAML (``3``, ``true``, ``[1,2]``).
 
     Raises:
-        ConfigError: the assignment has no ``=`` or an empty key.
+        ConfigError: the assignment has no ``=`` or an empty key, or its value has a
+            duplicate key or endless aliases.
     """
     key, sep, raw = assignment.partition("=")
     key = key.strip()
     if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, for example --set train.epochs=5")
+    if not raw.strip():
+        return key, ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+        return key, load_yaml_text(raw, f"--set {key}")
+    except MalformedYaml:
+        return key, raw  # not YAML: the text as written

@@ -69,6 +69,7 @@ class ResolvedJob(StrictModel):
     git_sha: str = "unknown"
     preflight: PreflightSpec | None = Field(None, description="the node checks before training; None: off")
     tags: dict[str, str] = Field(default_factory=dict, description="more MLflow run tags (a sweep's parent run)")
+    watchdog_timeout_s: float = Field(600, ge=0, description="see jobs.watchdog; 0: off")
 
 
 def load_resolved(path: Path) -> ResolvedJob:

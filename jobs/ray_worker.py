@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import exit_codes
+from jobs.checkpoint_index import checksum_path
 from jobs.job import ResolvedJob
 
 
@@ -33,6 +34,8 @@ class RayHooks:
         with tempfile.TemporaryDirectory() as staging:
             # Ray copies the folder into its storage; the original stays in checkpoint_dir.
             shutil.copy2(path, Path(staging) / path.name)
+            if checksum_path(path).is_file():  # resume checks the copy against it
+                shutil.copy2(checksum_path(path), Path(staging) / checksum_path(path).name)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
 
     def finished(self, code: int, state: dict[str, Any]) -> None:

@@ -6,16 +6,17 @@ differs (see :mod:`jobs.dist`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from jobs import exit_codes
+from jobs import checkpoint_lock, exit_codes
 from jobs.errors import PodrunError
 from jobs.job import ResolvedJob, apply_array_task, apply_node_paths, load_resolved
-from jobs.placement import detect_rank_env, node_name
+from jobs.placement import RankInfo, detect_rank_env, node_name
 from jobs.secret_filter import install_log_masking
 
 
@@ -24,11 +25,22 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
 
     ``hooks`` and ``resume_from`` let a backend (Ray Train) see checkpoints and pick the
     one to resume from; see :class:`jobs.train.Trainer`.
+
+    Raises:
+        CheckpointInUse: (rank 0) another job trains from the same checkpoint folder.
+        CheckpointError: no checkpoint in the folder can be loaded.
+        CheckpointWriteError: a checkpoint could not be written (a full disk).
     """
     os.umask(0o077)  # checkpoints, logs and the spool: readable by their owner only
     install_log_masking()
     job = apply_node_paths(apply_array_task(job, dict(os.environ)), node_name())
     early = detect_rank_env()
+    # Rank 0 holds the checkpoint folder while it runs: a second job resuming it is refused.
+    with checkpoint_lock.hold(Path(job.checkpoint_dir), job.job_id) if early.is_main else contextlib.nullcontext():
+        return _tracked_rank(job, early, hooks, resume_from)
+
+
+def _tracked_rank(job: ResolvedJob, early: RankInfo, hooks: Any, resume_from: Path | None) -> int:
     # Rank 0 starts its MLflow sender before importing torch, so MLflow's own start-up
     # (seconds of imports and store set-up, in another process) overlaps torch's.
     tracker = None
@@ -48,6 +60,7 @@ def _run_rank(job: ResolvedJob, hooks: Any, resume_from: Path | None, tracker: A
 
     from jobs.dist import barrier, init_distributed, init_horovod
     from jobs.train import Trainer
+    from jobs.watchdog import process_group_timeout_s
 
     horovod = job.comm == "horovod"
     info = init_horovod(horovod_settings(job)) if horovod else detect_rank_env()
@@ -55,7 +68,7 @@ def _run_rank(job: ResolvedJob, hooks: Any, resume_from: Path | None, tracker: A
     device = rank_device(job, info)
     owns_group = not horovod and not dist.is_initialized()
     if not horovod:
-        init_distributed(info, device)
+        init_distributed(info, device, timeout_s=process_group_timeout_s(job.watchdog_timeout_s))
     try:
         trainer = Trainer(job, info, device, hooks=hooks, resume_from=resume_from,
                           tracker=tracker if info.is_main else None)
@@ -102,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         code = run_rank(load_resolved(Path(args[0])))
     except PodrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exit_codes.FAILED
+        return exc.exit_code
     # horovodrun stops every rank when one exits non-zero: report "not reached" or "preempted"
     # through outcome.json instead (the local backend reads it).
     if os.environ.get("PODRUN_EXIT_ZERO") and code != exit_codes.FAILED:

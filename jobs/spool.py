@@ -45,7 +45,22 @@ class Spool:
         return (self.root / META_FILE).is_file()
 
     def read_meta(self) -> dict[str, Any]:
-        return json.loads((self.root / META_FILE).read_text()) if self.exists() else {}
+        """The spool's metadata, or {} when there is none.
+
+        Raises:
+            SpoolError: ``meta.json`` is not a JSON object (damaged, or not a spool's).
+        """
+        if not self.exists():
+            return {}
+        path = self.root / META_FILE
+        try:
+            meta = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise SpoolError(f"{path}: unreadable ({type(exc).__name__}: {str(exc)[:100]}); a spool's meta.json is "
+                             "a JSON object with tracking_uri and experiment") from None
+        if not isinstance(meta, dict):
+            raise SpoolError(f"{path}: holds a JSON {type(meta).__name__}, not the object a spool's meta.json is")
+        return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -74,11 +89,7 @@ class Spool:
         path = self.root / name
         if not path.is_file():
             return
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:  # a line torn by a crash mid-write
-                log.warning("tracking: skipped a malformed line in %s", path)
+        yield from parse_lines(path.read_bytes(), path)
 
     def records_size(self) -> int:
         """Bytes in ``records.jsonl`` (0 before the first record)."""
@@ -101,21 +112,50 @@ class Spool:
         except FileNotFoundError:
             return [], offset
         complete = data[: data.rfind(b"\n") + 1]
-        records = []
-        for line in complete.decode("utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("tracking: skipped a malformed line in %s", path)
-        return records, offset + len(complete)
+        return list(parse_lines(complete, path)), offset + len(complete)
 
     def artifact_copy(self, seq: int) -> Path:
         return self.root / ARTIFACTS_DIR / str(seq)
 
 
+# What each kind of record must hold to be sent (anything else in a spool is skipped).
+RECORD_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "start": {}, "params": {"params": dict}, "tags": {"tags": dict}, "end": {"status": str},
+    "metrics": {"metrics": dict, "step": int, "timestamp": int}, "artifact": {"src": str},
+}
+
+
+def parse_lines(data: bytes, path: Path) -> Iterator[dict[str, Any]]:
+    """The records in ``data`` (lines of JSON); a line that is not one (torn by a crash, damaged) is skipped."""
+    skipped = 0
+    for line in data.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # also UnicodeDecodeError: bytes that are not UTF-8
+            record = None
+        if is_record(record) or (path.name == SENT_FILE and isinstance(record, dict)
+                                 and isinstance(record.get("seq"), int)):
+            yield record
+        elif line.strip():
+            skipped += 1
+    if skipped:
+        log.warning("tracking: skipped %d malformed line(s) in %s", skipped, path)
+
+
+def is_record(record: Any) -> bool:
+    """Whether ``record`` is a spool record this version can send."""
+    if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
+        return False
+    fields = RECORD_FIELDS.get(record.get("kind"))
+    return fields is not None and all(isinstance(record.get(key), kind) for key, kind in fields.items())
+
+
 def spool_pending(spool_dir: Path) -> bool:
     """True if ``spool_dir`` holds records that never reached MLflow (``podrun sync`` sends them)."""
     try:
-        return not json.loads((Path(spool_dir) / META_FILE).read_text()).get("done", False)
-    except (OSError, ValueError):
+        meta = json.loads((Path(spool_dir) / META_FILE).read_bytes())
+    except FileNotFoundError:
         return False
+    except (OSError, ValueError):
+        return True  # damaged: `podrun sync` says what is wrong with it
+    return not isinstance(meta, dict) or not meta.get("done", False)

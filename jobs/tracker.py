@@ -55,6 +55,14 @@ SENDER_DRAIN_TIMEOUT_S = 300  # finish() waits this long for the sender; the spo
 MAX_MASKED_BYTES = 16 << 20  # text artifacts up to this size are masked; larger ones (timelines) go as they are
 
 
+def default_retry_interval() -> float:
+    """Seconds between attempts while MLflow is away: ``$PODRUN_MLFLOW_RETRY_S``, else 30."""
+    try:
+        return max(float(os.environ.get("PODRUN_MLFLOW_RETRY_S", 30.0)), 0.1)
+    except ValueError:
+        return 30.0
+
+
 def never_raise(default: T) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Decorate a Tracker method: an exception becomes a one-line warning and ``default``.
 
@@ -88,7 +96,8 @@ class Tracker:
         run_id: continue this run (set RUNNING again). Without it the spool's own run id
             is used, or a new run is created.
         run_name: name for a new run.
-        retry_interval_s: after a failure, the least time before the next attempt.
+        retry_interval_s: after a failure, the least time before the next attempt
+            (default ``$PODRUN_MLFLOW_RETRY_S``, else 30).
         request_timeout_s: HTTP timeout of one attempt.
         background: send from a child process (``python -m jobs.sender``).
         run_info_dir: with ``background``, the folder whose ``run.json`` gets the run id.
@@ -96,11 +105,12 @@ class Tracker:
 
     def __init__(
         self, tracking_uri: str, experiment: str, spool_dir: Path, *, run_id: str | None = None,
-        run_name: str | None = None, retry_interval_s: float = 30.0, request_timeout_s: int = 5,
+        run_name: str | None = None, retry_interval_s: float | None = None, request_timeout_s: int = 5,
         background: bool = False, run_info_dir: Path | None = None,
     ) -> None:  # fmt: skip
         self.spool = Spool(spool_dir)
-        self.retry_interval_s, self.request_timeout_s = retry_interval_s, request_timeout_s
+        self.retry_interval_s = default_retry_interval() if retry_interval_s is None else retry_interval_s
+        self.request_timeout_s = request_timeout_s
         self._secrets: frozenset[str] = frozenset()
         self._seq = 0
         self._sender: Sender | None = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import socket
 import time
@@ -31,8 +32,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from jobs import exit_codes
-from jobs.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from jobs.checkpoint import latest_checkpoint, load_resumable, save_checkpoint
 from jobs.dist import COLLECTIVES, all_gather_object, all_reduce_sum, gather_hosts, horovod
+from jobs.errors import PodrunError
 from jobs.job import ResolvedJob
 from jobs.mlperf_log import MlperfLogger, log_submission
 from jobs.optim import build_optimizer, learning_rate, set_learning_rate
@@ -43,6 +45,7 @@ from jobs.progress import ProgressLine, format_eta
 from jobs.run_tracking import RunTracking
 from jobs.stopping import StopFlag, StopVote
 from jobs.tasks import build_task
+from jobs.watchdog import Watchdog
 
 
 class Window:
@@ -135,6 +138,7 @@ class Trainer:
             self.hvd.broadcast_parameters(self.module.state_dict(), root_rank=0)
             self.hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
         self.tracking = RunTracking(job, info, self.resumed_from, tracker) if info.is_main else None
+        self.watchdog = Watchdog(self.job_dir, info.rank, info.world_size, job.watchdog_timeout_s, self._stalled)
 
     # ------------------------------------------------------------------ set-up
 
@@ -172,10 +176,10 @@ class Trainer:
                                              backward_passes_per_step=self.job.derived.update_freq)
 
     def _maybe_resume(self, path: Path | None) -> str | None:
-        path = path or latest_checkpoint(self.ckpt_dir)
-        if path is None:
+        found = load_resumable(self.ckpt_dir, path)  # a truncated or damaged one is skipped, with a warning
+        if found is None:
             return None
-        checkpoint = load_checkpoint(path)
+        path, checkpoint = found
         self.module.load_state_dict(unwrapped_state(checkpoint["model"]))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
@@ -221,6 +225,9 @@ class Trainer:
         code = exit_codes.FAILED
         try:
             code = self._train()
+        except PodrunError as exc:  # e.g. a checkpoint that could not be written: its own exit code
+            code, self.note = exc.exit_code, str(exc)
+            raise
         finally:
             self._finish(code)
         return code
@@ -238,6 +245,7 @@ class Trainer:
             remember_start(self.ckpt_dir, self.phases)
         self.first_step, self.collectives_before = self.state["global_step"], Counter(COLLECTIVES)
         hosts = gather_hosts()  # a collective: every rank takes part
+        self.watchdog.start()
         if self.tracking:
             self.tracking.start(hosts, self.steps_per_epoch, self.train_loader.samples, self.val_loader.samples)
 
@@ -279,6 +287,7 @@ class Trainer:
         window = Window()
         update_freq = self.job.derived.update_freq
         for index, batch in enumerate(self.phases.waiting(self.train_loader.epoch(epoch, skip=skip)), start=skip):
+            self.watchdog.progress(epoch * self.steps_per_epoch + index)
             boundary = (index + 1) % update_freq == 0 or index + 1 == self.steps_per_epoch
             loss, items = self._micro_step(batch, boundary, update_freq)
             window.add(items)
@@ -357,7 +366,7 @@ class Trainer:
         self.mllog.start("eval_start", metadata={"epoch_num": epoch + 1})
         self.model.eval()
         with self.phases.measure("eval"):
-            metric = self.task.evaluate(self.module, self.val_loader, epoch)
+            metric = self.task.evaluate(self.module, self.watchdog.watch(self.val_loader), epoch)
         self.model.train()
         self.mllog.event("eval_accuracy", metric, metadata={"epoch_num": epoch + 1})
         self.mllog.end("eval_stop", metadata={"epoch_num": epoch + 1})
@@ -369,7 +378,18 @@ class Trainer:
             self.tracking.eval_metric(self.task.metric, metric, epoch + 1)
         return metric >= cfg.target
 
+    def _stalled(self, diagnosis: str) -> None:
+        """The watchdog's verdict (from its thread): say it, record it, end the process (see jobs.watchdog)."""
+        say(f"[watchdog] {diagnosis}; stopping the job: resume it with --resume")
+        try:
+            exit_codes.write_outcome(self.job_dir, exit_codes.STALLED, note=diagnosis)  # any rank that sees it
+            if self.tracking:  # the main thread is blocked in a collective: nothing else touches the tracker
+                self.tracking.finish(exit_codes.STALLED, self._elapsed(), self.state, self.mllog.path, self.task.unit)
+        finally:
+            os._exit(exit_codes.STALLED)
+
     def _finish(self, code: int) -> None:
+        self.watchdog.stop()
         time_to_train = self._elapsed()
         ended = time.time()
         self.state["phases"] = self.phases.totals(ended)
@@ -378,7 +398,7 @@ class Trainer:
         if code in (exit_codes.SUCCESS, exit_codes.NOT_REACHED):
             self.mllog.end("run_stop", metadata={"status": "success" if code == exit_codes.SUCCESS else "aborted"})
         if self.info.is_main:
-            exit_codes.write_outcome(self.job_dir, code)
+            exit_codes.write_outcome(self.job_dir, code, note=getattr(self, "note", ""))
             self._say_collectives()
             say(f"[done] {exit_codes.DESCRIPTIONS.get(code, 'failed')}: time to train {time_to_train:.1f} s,"
                 f" best {self.task.metric} {self.state['best_metric']:.4f}")

@@ -8,7 +8,9 @@
     podrun init                               # copy the bundled cluster.yaml and a job spec here to edit
     podrun preflight recipes/jobs/resnet50-superpod.yaml   # check the nodes a job would get, print a table
 
-Errors the user can fix print one line (``podrun: error: ...``) and exit 2.
+Errors the user can fix print one line (``podrun: error: ...``) and exit with one of the
+codes in :mod:`jobs.exit_codes` (64: usage or config, 69: the scheduler); ``launch``
+returns the job's own exit code.
 """
 
 from __future__ import annotations
@@ -18,10 +20,19 @@ import sys
 import time
 from pathlib import Path
 
+from jobs import exit_codes
 from orchestrator.backends import BACKENDS, get_backend
-from orchestrator.errors import PodrunError
+from orchestrator.errors import BackendError, PodrunError
 
-EXIT_USAGE = 2
+EXIT_USAGE = exit_codes.CONFIG_ERROR
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with podrun's usage exit code (argparse's own 2 means "target not reached" here)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +49,7 @@ def _job_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="podrun",
-                                     description="Launch training recipes from one machine to a SuperPOD.")
+    parser = _Parser(prog="podrun", description="Launch training recipes from one machine to a SuperPOD.")
     sub = parser.add_subparsers(dest="command", required=True)
     launch = sub.add_parser("launch", help="run a job")
     _job_arguments(launch)
@@ -125,10 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except PodrunError as exc:
         print(f"podrun: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        if exc.exit_code != exit_codes.FAILED:  # one of its own, e.g. a checkpoint folder in use
+            return exc.exit_code
+        return exit_codes.BACKEND_ERROR if isinstance(exc, BackendError) else EXIT_USAGE
     except KeyboardInterrupt:
         print("podrun: interrupted", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
 
 
 # --------------------------------------------------------------------------- commands
@@ -174,6 +186,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     print(f"submitted {record.job_id} ({record.backend} {record.native_id}, {plan.job.world_size} ranks)"
           f"  logs: {record.job_dir}/logs", flush=True)
     if args.detach:
+        backend.detach(record)
         print(f"follow it with: podrun logs {record.job_id} -f")
         return 0
     return follow_job(backend, record)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,15 +22,26 @@ from orchestrator.jobstore import SUCCEEDED, JobRecord
 def follow_job(backend: Backend, record: JobRecord) -> int:
     """Show rank 0's output until the job ends; Ctrl-C cancels it (after a checkpoint).
 
-    Returns the job's exit code (see :mod:`jobs.exit_codes`).
+    When this output goes away (``podrun launch JOB | tee log``, and tee dies), following
+    stops: a local job then stops after a checkpoint (its supervisor sees the launcher
+    leave), a Slurm or Ray job goes on.
+
+    Returns the job's exit code (see :mod:`jobs.exit_codes`), or
+    :data:`jobs.exit_codes.INTERRUPTED` when the output went away first.
     """
     console = Console()
     try:
-        _show(backend.logs(record, follow=True), console)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: asking the ranks to checkpoint and stop...[/]")
-        backend.cancel(record)
-        _show(backend.logs(record, follow=True), console, skip_seen=True)
+        try:
+            _show(backend.logs(record, follow=True), console)
+        except KeyboardInterrupt:
+            backend.cancel(record)  # first: printing may fail if the terminal's pipe is gone
+            console.print("[yellow]interrupted: asking the ranks to checkpoint and stop...[/]")
+            _show(backend.logs(record, follow=True), console, skip_seen=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        print(f"podrun: output closed; {record.job_id} is no longer followed", file=sys.stderr)
+        return exit_codes.INTERRUPTED
+    backend.detach(record)  # it ended: nothing to hold on to
     record = backend.status(record)
     _summary(record, console)
     from orchestrator.run_phases import record_phases

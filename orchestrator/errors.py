@@ -1,8 +1,8 @@
 """The launcher's errors: the rank runtime's (:mod:`jobs.errors`) plus scheduler failures."""
 
-from jobs.errors import ConfigError, DataError, PodrunError
+from jobs.errors import CheckpointError, ConfigError, DataError, PodrunError
 
-__all__ = ["BackendError", "ConfigError", "DataError", "PodrunError"]
+__all__ = ["BackendError", "CheckpointError", "ConfigError", "DataError", "PodrunError"]
 
 
 class BackendError(PodrunError):

@@ -31,6 +31,8 @@ class JobSpec(StrictModel):
     tasks_per_node: int | None = Field(None, gt=0, description="None: one per GPU, or 1 on CPU")
     comm: Literal["ddp", "horovod"] = "ddp"
     horovod: HorovodConfig = Field(default_factory=HorovodConfig)
+    watchdog_timeout_s: float = Field(600, ge=0, description="a rank without progress this long fails the job, "
+                                                             "named (jobs.watchdog); 0: off")
     overrides: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("backend")

@@ -6,6 +6,7 @@ anything live.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -57,7 +58,15 @@ class JobRecord:
 
     @classmethod
     def load(cls, path: Path) -> JobRecord:
-        return cls(**json.loads(Path(path).read_text()))
+        """Read a record.
+
+        Raises:
+            OSError: it cannot be read.
+            ValueError: it is not a job record (not JSON, or fields of the wrong type).
+        """
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(cls).validate_json(Path(path).read_bytes())
 
 
 def jobs_root(home: Path) -> Path:
@@ -74,11 +83,27 @@ def find_record(home: Path, job_id: str) -> JobRecord:
     exact = [r for r in records if job_id in (r.job_id, r.native_id)]
     matches = exact or [r for r in records if r.job_id.startswith(job_id)]
     if not matches:
+        _unreadable_record(home, job_id)
         raise PodrunError(f"no job '{job_id}' under {jobs_root(home)}: 'podrun runs' lists the recent ones")
     if len(matches) > 1:
         names = ", ".join(r.job_id for r in matches[:5])
         raise PodrunError(f"'{job_id}' matches several jobs ({names}); give more of the id")
     return matches[0]
+
+
+def _unreadable_record(home: Path, job_id: str) -> None:
+    """Say so when ``job_id``'s folder is there but its record is damaged.
+
+    Raises:
+        PodrunError: the job's ``job.json`` cannot be read.
+    """
+    for path in sorted(jobs_root(home).glob(f"{glob.escape(job_id)}*/job.json"))[:1]:
+        try:
+            JobRecord.load(path)
+        except (OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0][:120]
+            raise PodrunError(f"{path}: not a readable job record ({type(exc).__name__}: {reason}); the job's "
+                              f"logs and checkpoints are still in {path.parent}") from None
 
 
 def list_records(home: Path) -> list[JobRecord]:

@@ -92,13 +92,16 @@ def find_cluster_file(explicit: str | None = None) -> Source:
     """The cluster file, in the search order above.
 
     Raises:
-        ConfigError: ``--cluster-file`` or ``$PODRUN_CLUSTER_FILE`` names a missing file.
+        ConfigError: ``--cluster-file`` or ``$PODRUN_CLUSTER_FILE`` names a missing file, or not a file.
     """
     for value, origin in ((explicit, "--cluster-file"), (os.environ.get("PODRUN_CLUSTER_FILE"),
                                                            "$PODRUN_CLUSTER_FILE")):
         if value:
-            if not Path(value).expanduser().is_file():
+            path = Path(value).expanduser()
+            if not path.exists():
                 raise ConfigError(f"{origin} {value}: file not found")
+            if not path.is_file():
+                raise ConfigError(f"{origin} {value}: not a regular file")
             return Source(Path(value).expanduser(), origin)
     if Path("cluster.yaml").is_file():
         return Source(Path("cluster.yaml"), "working folder")

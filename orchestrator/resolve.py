@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.checkpoint_index import latest_checkpoint
+from jobs.checkpoint_index import latest_checkpoint, latest_valid_checkpoint
 from jobs.config_io import deep_merge, expand_env, parse_set, read_yaml, set_dotted, validate
 from jobs.job import ResolvedJob
 from jobs.modes import mode_problem
 from jobs.recipe import Recipe
-from orchestrator.errors import ConfigError
+from orchestrator.errors import CheckpointError, ConfigError
 from orchestrator.job_env import detach_secrets
 from orchestrator.jobspec import JobSpec, LaunchPlan
 from orchestrator.paths import checkout_root, find_cluster_file, find_job_spec, find_recipe
@@ -180,6 +180,7 @@ def load_job(
         experiment=profile.mlflow.experiment or recipe.name,
         git_sha=git_sha(),
         preflight=preflight_spec(profile, chosen_backend),
+        watchdog_timeout_s=spec.watchdog_timeout_s,
     )
     plan = LaunchPlan(spec=spec, profile=profile, job=job, sources=sources)
     plan.secret_env.update(secret_env)
@@ -257,9 +258,22 @@ def _checkpoint_dir(profile: ClusterProfile, name: str, job_id: str, resume: str
     if resume != "latest":
         if not (root / resume).is_dir():
             raise ConfigError(f"--resume {resume}: no checkpoints at {root / resume}")
-        return root / resume
+        return _resumable(root / resume)
     candidates = sorted((d for d in root.glob("*") if d.is_dir() and latest_checkpoint(d)),
                         key=lambda d: d.stat().st_mtime)
     if not candidates:
         raise ConfigError(f"--resume: no complete checkpoint under {root}; run without --resume to start fresh")
-    return candidates[-1]
+    return _resumable(candidates[-1])
+
+
+def _resumable(folder: Path) -> Path:
+    """``folder``, checked to hold a checkpoint that matches its checksum (when it holds any).
+
+    Raises:
+        CheckpointError: it holds checkpoints, but every one is truncated or damaged.
+    """
+    skipped: list[str] = []
+    if latest_checkpoint(folder) and latest_valid_checkpoint(folder, skipped) is None:
+        raise CheckpointError(f"--resume: no valid checkpoint in {folder}: {'; '.join(skipped)}; restore one "
+                              "from a copy, or run without --resume to start afresh")
+    return folder

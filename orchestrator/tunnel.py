@@ -26,6 +26,10 @@ from orchestrator.job_env import expand_values
 from orchestrator.profiles import LoginConfig
 
 
+class LoginUnreachable(BackendError):
+    """The login host did not answer or dropped the connection (worth retrying: see orchestrator.ssh_retry)."""
+
+
 @dataclass
 class CommandResult:
     returncode: int
@@ -118,9 +122,9 @@ class SSHTunnel(Tunnel):
                     f"{self.where} is not in {known_hosts}: check its fingerprint, then add it with "
                     f"ssh-keyscan -p {self.login.port} {self.login.host} >> {known_hosts}"
                 ) from None
-            raise BackendError(f"SSH to {self.where} failed: {exc}") from None
+            raise LoginUnreachable(f"SSH to {self.where} failed: {exc}") from None
         except (TimeoutError, OSError) as exc:
-            raise BackendError(f"cannot reach login host {self.where}: {exc}") from None
+            raise LoginUnreachable(f"cannot reach login host {self.where}: {exc}") from None
         self._client = client
         return client
 

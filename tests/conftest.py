@@ -9,7 +9,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # Real services for the integration tests: two-node Slurm and Ray clusters, and an sshd on loopback.
-pytest_plugins = ["tests.fixtures.slurm", "tests.fixtures.sshd", "tests.fixtures.ray_cluster"]
+pytest_plugins = ["tests.fixtures.slurm", "tests.fixtures.sshd", "tests.fixtures.ray_cluster", "tests.faults"]
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs import exit_codes
 from jobs.recipe import Recipe
 from orchestrator.cli import main
 from orchestrator.profiles import ClusterProfile
@@ -23,8 +24,8 @@ def write(path: Path, text: str) -> Path:
 
 
 def render_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    """Run ``podrun render``; return stderr, asserting it is one error line and exit code 2."""
-    assert main(["render", *argv]) == 2
+    """Run ``podrun render``; return stderr, asserting it is one error line and the config-error exit code."""
+    assert main(["render", *argv]) == exit_codes.CONFIG_ERROR
     err = capsys.readouterr().err.strip()
     assert err.startswith("podrun: error: "), err
     assert len(err.splitlines()) == 1, err
@@ -108,7 +109,7 @@ def test_impossible_value_in_recipe(capsys, podrun_home):
 
 def test_missing_dataset_at_launch(capsys, podrun_home, tmp_path, monkeypatch):
     monkeypatch.setenv("PODRUN_DATA", str(tmp_path / "empty"))
-    assert main(["launch", "recipes/jobs/resnet50-tiny.yaml"]) == 2
+    assert main(["launch", "recipes/jobs/resnet50-tiny.yaml"]) == exit_codes.CONFIG_ERROR
     err = capsys.readouterr().err.strip()
     assert "data set not found" in err and "podrun data digits" in err and len(err.splitlines()) == 1
 
@@ -117,7 +118,7 @@ def test_cli_error_is_one_line_in_a_real_process(tmp_path, podrun_home):
     job = write(tmp_path / "job.yaml", "name: x\nrecipe: resnet50\nnodez: 2\n")
     proc = subprocess.run([sys.executable, "-m", "orchestrator", "render", str(job)], capture_output=True,
                           text=True, cwd=REPO)
-    assert proc.returncode == 2
+    assert proc.returncode == exit_codes.CONFIG_ERROR
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 

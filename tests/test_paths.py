@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs import exit_codes
 from orchestrator import paths
 from orchestrator.cli import main
 from orchestrator.ray_runtime import code_env
@@ -54,7 +55,7 @@ def test_xdg_config_home_defaults_to_dot_config(monkeypatch, tmp_path):
 
 def test_a_users_cluster_file_replaces_the_bundled_one_whole(elsewhere, tmp_path, capsys):
     cluster_file(tmp_path / "xdg" / "podrun" / "cluster.yaml", "mine")
-    assert main(["render", "resnet50:tiny"]) == 2
+    assert main(["render", "resnet50:tiny"]) == exit_codes.CONFIG_ERROR
     err = capsys.readouterr().err
     assert "no cluster profile 'local'; profiles: mine" in err and "xdg/podrun/cluster.yaml" in err
     assert load_job("resnet50:tiny", ["cluster=mine"]).profile.name == "mine"
@@ -62,7 +63,7 @@ def test_a_users_cluster_file_replaces_the_bundled_one_whole(elsewhere, tmp_path
 
 def test_missing_cluster_file_from_the_environment_is_one_line(elsewhere, monkeypatch, capsys):
     monkeypatch.setenv("PODRUN_CLUSTER_FILE", "/nonexistent/cluster.yaml")
-    assert main(["render", "resnet50:tiny"]) == 2
+    assert main(["render", "resnet50:tiny"]) == exit_codes.CONFIG_ERROR
     assert capsys.readouterr().err == "podrun: error: $PODRUN_CLUSTER_FILE /nonexistent/cluster.yaml: file not found\n"
 
 
@@ -86,7 +87,7 @@ def test_a_users_recipe_shadows_the_bundled_one(elsewhere, tmp_path):
 
 
 def test_unknown_recipe_lists_every_known_one(elsewhere, capsys):
-    assert main(["render", "resnet5:tiny"]) == 2
+    assert main(["render", "resnet5:tiny"]) == exit_codes.CONFIG_ERROR
     assert "recipe 'resnet5' not found; known recipes: resnet50, transformer" in capsys.readouterr().err
 
 
@@ -115,12 +116,12 @@ def test_init_copies_the_bundled_files_and_will_not_overwrite(elsewhere, capsys)
     assert (elsewhere / "resnet50-tiny.yaml").read_text() == spec.read_text()
     (elsewhere / "cluster.yaml").write_text("# mine\n")
     capsys.readouterr()
-    assert main(["init"]) == 2
+    assert main(["init"]) == exit_codes.CONFIG_ERROR
     assert "already there" in capsys.readouterr().err
     assert (elsewhere / "cluster.yaml").read_text() == "# mine\n"
     assert main(["init", "--force", "--job", "transformer-tiny", "sub"]) == 0
     assert {p.name for p in (elsewhere / "sub").iterdir()} == {"cluster.yaml", "transformer-tiny.yaml"}
-    assert main(["init", "--job", "nope"]) == 2
+    assert main(["init", "--job", "nope"]) == exit_codes.CONFIG_ERROR
     assert "bundled: resnet50-dgx2, resnet50-superpod, resnet50-tiny, transformer-tiny" in capsys.readouterr().err
 
 

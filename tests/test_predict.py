@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs import exit_codes
 from orchestrator.cli import main
 from orchestrator.predict_mlperf import RESNET50_PARAMETERS, check_results, load_results, markdown_table
 from orchestrator.predict_model import Fabric, allreduce_seconds, bus_bandwidth, calibrate_rate, step_seconds
@@ -111,8 +112,9 @@ def test_predict_prints_a_table_writes_a_plot_and_logs_to_mlflow(podrun_home, tm
 
 def test_predict_without_any_throughput_says_what_to_give(podrun_home, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert main(["predict", "resnet50", "--set", "cluster=local", "--nodes", "1"]) == 2
+    assert main(["predict", "resnet50", "--set", "cluster=local", "--nodes", "1"]) == exit_codes.CONFIG_ERROR
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pass --throughput" in err
-    assert main(["predict", "resnet50:superpod", "--set", "cluster=superpod", "--nodes", "0"]) == 2
+    code = main(["predict", "resnet50:superpod", "--set", "cluster=superpod", "--nodes", "0"])
+    assert code == exit_codes.CONFIG_ERROR
     assert "--nodes '0'" in capsys.readouterr().err

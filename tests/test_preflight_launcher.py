@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs import exit_codes
 from jobs.preflight.record import preflight_record
 from jobs.preflight.result import Report, failed, passed
 from jobs.preflight.spec import CHECKS
@@ -25,7 +26,8 @@ def cluster_file(tmp_path: Path, **profile) -> Path:
 
 
 def render_error(capsys, path: Path, *extra: str) -> str:
-    assert main(["render", "resnet50:tiny", "--cluster-file", str(path), "--set", "cluster=c", *extra]) == 2
+    code = main(["render", "resnet50:tiny", "--cluster-file", str(path), "--set", "cluster=c", *extra])
+    assert code == exit_codes.CONFIG_ERROR
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     return err

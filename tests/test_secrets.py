@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from jobs import exit_codes
 from jobs.config_io import read_yaml
 from jobs.secret_filter import MASK, mask_text, mask_uri, split_credentials
 from orchestrator.cli import main
@@ -124,7 +125,7 @@ def test_render_names_the_variables_and_launch_refuses_an_unset_one(tmp_path, pl
     assert_clean(out + err, planted, "podrun render's output")
     assert "podrun: the script reads DB_PASSWORD, MY_SECRET_TOKEN, HF_TOKEN, SECOND_SOURCE from the environment" in err
     assert main(["launch", "resnet50:tiny", "--cluster-file", str(cluster), "--set", "data.backend=synthetic",
-                 "--set", "profile.env.API_TOKEN=${PODRUN_SURELY_UNSET_VAR}"]) == 2
+                 "--set", "profile.env.API_TOKEN=${PODRUN_SURELY_UNSET_VAR}"]) == exit_codes.CONFIG_ERROR
     err = capsys.readouterr().err
     assert "profile env API_TOKEN reads ${PODRUN_SURELY_UNSET_VAR}, which is not set here" in err
     assert not list_records(podrun_home)

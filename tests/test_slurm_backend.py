@@ -138,7 +138,7 @@ def test_remote_submission_over_ssh(local_env, slurm_cluster, ssh_server, tmp_pa
     # A changed host key is refused with one clear line, and nothing is submitted.
     login["known_hosts"] = str(ssh_server.wrong_known_hosts())
     cluster = make_profile(tmp_path, digits_root, login=login)
-    assert main(["launch", *job_args(cluster), "--detach"]) == 2
+    assert main(["launch", *job_args(cluster), "--detach"]) == exit_codes.BACKEND_ERROR
     err = capsys.readouterr().err
     assert "host key of root@127.0.0.1" in err and "does not match" in err and len(err.strip().splitlines()) == 1
     refused = newest_record(local_env)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from jobs import exit_codes
 from orchestrator.cli import main
 from orchestrator.jobstore import find_record
 from orchestrator.sweep import list_sweeps
@@ -117,10 +118,11 @@ def test_cancel_stops_the_whole_sweep_and_resume_finishes_it(local_env, capsys):
 
 
 def test_a_scale_that_cannot_run_stops_the_sweep_before_anything_starts(local_env, capsys):
-    assert main(["sweep", "resnet50:tiny", "--nodes", "1,2"]) == 2
+    assert main(["sweep", "resnet50:tiny", "--nodes", "1,2"]) == exit_codes.CONFIG_ERROR
     assert "asks for 2 nodes but profile 'local' has 1" in capsys.readouterr().err
-    assert main(["sweep", "resnet50:tiny", "--tasks-per-node", "1,x"]) == 2
+    assert main(["sweep", "resnet50:tiny", "--tasks-per-node", "1,x"]) == exit_codes.CONFIG_ERROR
     assert "--tasks-per-node '1,x'" in capsys.readouterr().err
     assert list_sweeps(local_env) == []
-    assert main(["report", "no-such-experiment", "--tracking-uri", f"sqlite:///{local_env / 'm.db'}"]) == 2
+    code = main(["report", "no-such-experiment", "--tracking-uri", f"sqlite:///{local_env / 'm.db'}"])
+    assert code == exit_codes.CONFIG_ERROR
     assert "neither a run id nor an experiment" in capsys.readouterr().err

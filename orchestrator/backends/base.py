@@ -45,6 +45,13 @@ class Backend(ABC):
     def stop(self, record: JobRecord) -> None:
         """Ask the scheduler to stop a running job (ranks get SIGTERM and checkpoint)."""
 
+    def detach(self, record: JobRecord) -> None:
+        """The launcher lets go of a job it started: the job runs on without it.
+
+        Slurm and Ray jobs always do; an attached local job otherwise stops (after a
+        checkpoint) when its launcher dies.
+        """
+
     def cancel(self, record: JobRecord) -> None:
         """Stop the job, unless it already ended.
 

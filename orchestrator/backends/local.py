@@ -4,7 +4,9 @@
 (``python -m orchestrator.backends.local JOB_DIR``). The supervisor starts the ranks with
 the standard env contract, forwards SIGTERM/SIGUSR2 to them, stops the others when one
 fails (like ``srun --kill-on-bad-exit``), and records the outcome in ``job.json``. So a
-detached job survives the terminal, and ``podrun status|logs|cancel`` work on it.
+detached job survives the terminal, and ``podrun status|logs|cancel`` work on it. An
+attached job ends with its launcher, and ranks end with their supervisor (after a
+checkpoint): see :mod:`orchestrator.backends.lifeline`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from jobs import exit_codes
+from jobs.checkpoint_lock import check_free
 from jobs.job import CONFIG_FILE, ResolvedJob, load_resolved
 from jobs.placement import free_port
+from jobs.watchdog import collective_fault_env
 from orchestrator.backends.base import Backend, config_heredoc
+from orchestrator.backends.lifeline import (
+    Lifeline,
+    descendants,
+    die_with_parent,
+    let_go,
+    open_lifeline,
+    orphan_status,
+    write_rank_pids,
+)
 from orchestrator.job_env import expand_values, expected_comment, shell_word, submission_environment
 from orchestrator.jobspec import PLAN_FILE, LaunchPlan, load_plan_file
 from orchestrator.jobstore import CANCELLED, FAILED, PREEMPTED, RUNNING, SUCCEEDED, JobRecord, is_terminal
@@ -45,6 +58,8 @@ def rank_env(plan: LaunchPlan, rank: int, port: int) -> dict[str, str]:
                PYTHONUNBUFFERED="1")
     if job.device == "cpu":
         env["OMP_NUM_THREADS"] = str(job.recipe.train.cpu_threads or max(1, (os.cpu_count() or 1) // job.world_size))
+    else:
+        env.update(collective_fault_env())
     return env
 
 
@@ -99,21 +114,32 @@ class LocalBackend(Backend):
     def schedule(self, plan: LaunchPlan, record: JobRecord) -> None:
         job = plan.job
         job_dir = Path(job.job_dir)
+        check_free(Path(job.checkpoint_dir))  # another job trains from it: refuse now (rank 0 holds the lock)
+        read_fd, self._lifelines[job.job_id] = open_lifeline()  # closes when this launcher ends, however
         with open(job_dir / "supervisor.log", "ab") as log:
             # Secrets reach the supervisor (and so the ranks) in its environment, never in a file or argv.
             proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.backends.local", str(job_dir)],
+                [sys.executable, "-m", "orchestrator.backends.local", str(job_dir), str(read_fd)],
                 cwd=run_dir(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=os.environ | submission_environment(plan), umask=0o077,
+                pass_fds=(read_fd,),
             )
+        os.close(read_fd)
         record.native_id = str(proc.pid)
         record.state = RUNNING
         record.detail = f"{job.world_size} ranks"
 
+    def __init__(self) -> None:
+        self._lifelines: dict[str, int] = {}
+
+    def detach(self, record: JobRecord) -> None:
+        if record.job_id in self._lifelines:
+            let_go(self._lifelines.pop(record.job_id))
+
     def status(self, record: JobRecord) -> JobRecord:
         record = JobRecord.load(record.path)
         if not is_terminal(record.state) and not pid_alive(int(record.native_id or 0)):
-            record.state, record.detail = FAILED, "the supervisor process is gone (killed?)"
+            record = orphan_status(record, pid_alive, EXIT_STATES)
         return record
 
     def logs(self, record: JobRecord, rank: int = 0, follow: bool = False) -> Iterator[str]:
@@ -142,18 +168,9 @@ def pid_alive(pid: int) -> bool:
 
 
 def rank_descendants(pid: int) -> list[int]:
-    """Processes under ``pid`` that run ``jobs.run`` (read from /proc: no extra dependency)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, stack = [], list(children.get(pid, []))
-    while stack:
-        child = stack.pop()
-        stack.extend(children.get(child, []))
+    """Processes under ``pid`` that run ``jobs.run``."""
+    found = []
+    for child in descendants(pid):
         try:
             if b"jobs.run" in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(child)
@@ -185,14 +202,17 @@ def follow_file(path: Path, done: callable) -> Iterator[str]:
 
 
 class Supervisor:
-    """Runs inside ``python -m orchestrator.backends.local JOB_DIR``; owns the rank processes."""
+    """Runs inside ``python -m orchestrator.backends.local JOB_DIR [LIFELINE_FD]``; owns the rank processes."""
 
-    def __init__(self, job_dir: Path) -> None:
+    def __init__(self, job_dir: Path, lifeline_fd: int | None = None) -> None:
         self.record = JobRecord.load(job_dir / "job.json")
         self.plan = load_plan_file(job_dir / PLAN_FILE)
         self.job = load_resolved(job_dir / CONFIG_FILE)
         self.procs: list[subprocess.Popen] = []
         self.cancelled = False
+        self.lifeline = Lifeline(lifeline_fd)
+        self.launcher_gone = False
+        self.first_failure: tuple[int, int] | None = None  # (rank, exit code) of the first rank that failed
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._forward)
@@ -201,6 +221,7 @@ class Supervisor:
         port = free_port()
         logs = Path(self.job.job_dir) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        with_parent = die_with_parent()  # a killed supervisor leaves no orphan ranks: they get SIGTERM
         self.started_at = time.time()  # the job's start, for its phase breakdown (queued ends here)
         if self.job.preflight is not None:
             code = self._preflight(logs, port)
@@ -210,7 +231,9 @@ class Supervisor:
             env = expand_values(env, os.environ)  # ${VAR}: from the environment podrun launch gave us
             with open(logs / log_name, "ab") as log:
                 self.procs.append(subprocess.Popen(argv, env=os.environ | env, cwd=run_dir(), stdout=log,
-                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                   preexec_fn=with_parent))
+        write_rank_pids(Path(self.job.job_dir), [proc.pid for proc in self.procs])
         codes = self._wait()
         return self._record(codes)
 
@@ -249,17 +272,30 @@ class Supervisor:
                     pass
 
     def _wait(self) -> list[int]:
-        """Wait for every rank; if one fails, give the others a grace period, then kill them."""
+        """Wait for every rank; if one fails, give the others a grace period, then kill them.
+
+        A rank that reports a stalled peer (the watchdog) gets the others killed at once:
+        a stopped rank cannot checkpoint. A launcher that dies stops the job (after a checkpoint).
+        """
         failed_at: float | None = None
         while any(p.poll() is None for p in self.procs):
-            if failed_at is None and any(p.poll() not in (None, 0, exit_codes.NOT_REACHED, exit_codes.PREEMPTED)
-                                         for p in self.procs):
+            if self.lifeline.gone():
+                self.launcher_gone = True
+                self._forward(signal.SIGTERM, None)
+            if failed_at is None and self._failed():
                 failed_at = time.time()
-                self._signal_all(signal.SIGTERM)
+                self._signal_all(signal.SIGKILL if self.first_failure[1] == exit_codes.STALLED else signal.SIGTERM)
             if failed_at and time.time() - failed_at > RANK_GRACE_S:
                 self._signal_all(signal.SIGKILL)
             time.sleep(POLL_S)
         return [p.returncode for p in self.procs]
+
+    def _failed(self) -> bool:
+        for rank, proc in enumerate(self.procs):
+            if proc.poll() not in (None, 0, exit_codes.NOT_REACHED, exit_codes.PREEMPTED):
+                self.first_failure = (rank, proc.returncode)
+                return True
+        return False
 
     def _signal_all(self, signum: int) -> None:
         for proc in self.procs:
@@ -268,19 +304,33 @@ class Supervisor:
 
     def _record(self, codes: list[int], detail: str | None = None) -> int:
         code = codes[0] if all(c == codes[0] for c in codes) else next(c for c in codes if c != 0)
-        if code == exit_codes.SUCCESS:
-            code = exit_codes.read_outcome(Path(self.job.job_dir)) or exit_codes.SUCCESS
+        if self.first_failure:
+            code = self.first_failure[1]
+        if code == exit_codes.SUCCESS or code < 0:
+            code = exit_codes.read_outcome(Path(self.job.job_dir)) or (code if code >= 0 else exit_codes.FAILED)
         record = JobRecord.load(self.record.path)
         record.exit_code = code
         record.state = EXIT_STATES.get(code, FAILED)
         if self.cancelled and record.state in (PREEMPTED, FAILED):
             record.state = CANCELLED
-        record.detail = detail or exit_codes.DESCRIPTIONS.get(code, f"rank exit codes {codes}")
+        record.detail = detail or self._detail(code, codes)
         record.finished_at = time.time()
         record.extra["started_at"] = self.started_at
         record.save()
         return code
 
+    def _detail(self, code: int, codes: list[int]) -> str:
+        detail = exit_codes.DESCRIPTIONS.get(code, f"rank exit codes {codes}")
+        note = exit_codes.read_outcome_note(Path(self.job.job_dir))
+        detail += f": {note}" if note else ""
+        if self.first_failure:
+            rank, first = self.first_failure
+            how = f"killed by {signal.Signals(-first).name}" if first < 0 else f"exited {first}"
+            detail = f"rank {rank} {how} first; the others were stopped ({detail})"
+        if self.launcher_gone:
+            detail = f"its launcher (podrun launch) went away, so it stopped: {detail}"
+        return detail
+
 
 if __name__ == "__main__":
-    sys.exit(Supervisor(Path(sys.argv[1])).run())
+    sys.exit(Supervisor(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None).run())

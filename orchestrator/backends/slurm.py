@@ -18,7 +18,9 @@ import jinja2
 
 from jobs import exit_codes
 from jobs.job import CONFIG_FILE
+from jobs.watchdog import collective_fault_env
 from orchestrator.backends.base import Backend, config_heredoc
+from orchestrator.backends.slurm_submit import submission_mark, submit_once
 from orchestrator.errors import BackendError, ConfigError
 from orchestrator.job_env import expected_comment, shell_word, submission_environment
 from orchestrator.jobspec import PLAN_FILE, LaunchPlan, dump_plan
@@ -35,6 +37,7 @@ from orchestrator.jobstore import (
 )
 from orchestrator.paths import checkout_root, run_dir, template_dir
 from orchestrator.profiles import LoginConfig
+from orchestrator.ssh_retry import retrying
 from orchestrator.tunnel import Tunnel, open_tunnel
 
 VERSION = "0.1.0"
@@ -50,6 +53,11 @@ SLURM_STATES = {
     "FAILED": FAILED, "TIMEOUT": FAILED, "NODE_FAIL": FAILED, "BOOT_FAIL": FAILED, "DEADLINE": FAILED,
     "OUT_OF_MEMORY": FAILED, "SPECIAL_EXIT": FAILED, "REVOKED": FAILED,
 }
+
+
+# What squeue says when slurmctld is down or restarting (the job itself runs on).
+CONTROLLER_DOWN = re.compile(r"contact slurm controller|Socket timed out|Connection refused|Zero Bytes were "
+                             r"transmitted")
 
 
 def sbatch_value(value: object) -> str:
@@ -77,7 +85,7 @@ def _environment() -> jinja2.Environment:
 
 def job_environment(plan: LaunchPlan) -> dict[str, str]:
     """The variables the script exports: NCCL/IB settings, timeouts, then the profile's own (``${VAR}`` kept)."""
-    env = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_DEBUG": "WARN", "PYTHONUNBUFFERED": "1"}
+    env = {**collective_fault_env(), "NCCL_DEBUG": "WARN", "PYTHONUNBUFFERED": "1"}
     env.update(plan.profile.interconnect.env)
     env.update(plan.profile.env)
     return env
@@ -175,7 +183,7 @@ class SlurmBackend(Backend):
         """One tunnel (one SSH connection) per login host, reused within a command."""
         key = login.model_dump_json() if login else "local"
         if key not in self._tunnels:
-            self._tunnels[key] = open_tunnel(login)
+            self._tunnels[key] = retrying(open_tunnel(login))  # a dropped SSH connection is retried
         return self._tunnels[key]
 
     def _record_tunnel(self, record: JobRecord) -> Tunnel:
@@ -192,7 +200,9 @@ class SlurmBackend(Backend):
         tunnel.write_text(script_path, self.render(plan), mode=0o700)
         tunnel.run(["mkdir", "-p", str(Path(job.job_dir) / "logs")])
         # sbatch passes its environment to the job: the script's ${VAR} and secrets come from here
-        result = tunnel.run(["sbatch", "--parsable", script_path], env=submission_environment(plan))
+        sbatch = ["sbatch", "--parsable", f"--comment={submission_mark(job.job_id)}", script_path]
+        result = submit_once(tunnel, sbatch, job.name, job.job_id,  # never twice, even if the reply is lost
+                             env=submission_environment(plan))
         if result.returncode == 127:
             raise BackendError("sbatch not found: install the Slurm client here, or set the profile's slurm.login "
                                "to submit through a login node")
@@ -213,6 +223,9 @@ class SlurmBackend(Backend):
             return record  # terminal states are cached
         tunnel = self._record_tunnel(record)
         state, detail, exit_code = self._query(tunnel, record.native_id)
+        if state is None:  # slurmctld did not answer (restarting?): the job itself runs on
+            record.detail = f"slurmctld unreachable ({detail}); last known: {record.state}"
+            return record
         detail += self._preflight_note(tunnel, record)
         record.state, record.detail = state, detail
         if exit_code is not None:
@@ -234,10 +247,13 @@ class SlurmBackend(Backend):
         folder = Path(record.extra.get("cluster_job_dir", record.job_dir)) / "preflight"
         return status_note(tunnel.read_text(str(folder / STATUS_FILE)))
 
-    def _query(self, tunnel: Tunnel, job_id: str) -> tuple[str, str, int | None]:
+    def _query(self, tunnel: Tunnel, job_id: str) -> tuple[str | None, str, int | None]:
+        """(state, detail, exit code); state None when slurmctld does not answer."""
         queue = tunnel.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
         if queue.returncode == 127:
             raise BackendError("squeue not found: install the Slurm client, or use a profile with slurm.login")
+        if queue.returncode != 0 and CONTROLLER_DOWN.search(queue.stderr):
+            return None, queue.stderr.strip().splitlines()[-1][:200], None
         lines = [line for line in queue.stdout.splitlines() if line.strip()]
         show = tunnel.run(["scontrol", "show", "job", "-o", job_id])
         fields = parse_scontrol(show.stdout) if show.returncode == 0 else {}
