@@ -93,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 def _resolve(args: argparse.Namespace):
     from orchestrator.resolve import load_job
 
-    return load_job(args.job, args.assignments, cluster_file=args.cluster_file, backend=args.backend,
+    plan = load_job(args.job, args.assignments, cluster_file=args.cluster_file, backend=args.backend,
                     resume=args.resume)
+    if args.on:
+        plan.job.command += f" --on {args.on}"
+    return plan
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -114,6 +117,7 @@ def _scheduler(plan, args: argparse.Namespace) -> str:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from orchestrator.console import follow_job
+    from orchestrator.run_record import announce
 
     plan = _resolve(args)
     backend = get_backend(_scheduler(plan, args))
@@ -121,6 +125,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     record = backend.submit(plan)
     print(f"submitted {record.job_id} ({record.backend} {record.native_id}, {plan.job.world_size} ranks)"
           f"  logs: {record.job_dir}/logs", flush=True)
+    print(announce(plan), flush=True)
     if args.detach:
         print(f"follow it with: podrun logs {record.job_id} -f")
         return 0

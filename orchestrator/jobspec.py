@@ -16,7 +16,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from jobs.config_io import NAME_PATTERN, StrictModel, read_yaml, validate
-from jobs.job import HorovodConfig, ResolvedJob
+from jobs.job import HorovodConfig, RegistryConfig, ResolvedJob
 from orchestrator.backends import check_backend_name
 from orchestrator.profiles import ClusterProfile
 
@@ -31,6 +31,8 @@ class JobSpec(StrictModel):
     tasks_per_node: int | None = Field(None, gt=0, description="None: one per GPU, or 1 on CPU")
     comm: Literal["ddp", "horovod"] = "ddp"
     horovod: HorovodConfig = Field(default_factory=HorovodConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="false: no model in MLflow")
+    system_metrics_interval_s: float = Field(10.0, ge=0, description="per-node system metrics; 0: off")
     overrides: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("backend")

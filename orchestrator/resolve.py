@@ -21,6 +21,7 @@ from jobs.recipe import Recipe
 from orchestrator.errors import ConfigError
 from orchestrator.jobspec import JobSpec, LaunchPlan
 from orchestrator.profiles import REPO_ROOT, ClusterProfile, cluster_file_path, load_profiles
+from orchestrator.run_record import reproduce_command, tracking_uri
 from orchestrator.scaling import derive
 
 JOB_FIELDS = set(JobSpec.model_fields) - {"overrides"}
@@ -159,17 +160,14 @@ def load_job(
         data_dir=str(_absolute(profile, profile.data_root) / recipe.data.dataset),
         checkpoint_dir=str(checkpoint_dir),
         job_dir=str(state_dir / "jobs" / job_id),
-        tracking_uri=tracking_uri(profile),
+        tracking_uri=tracking_uri(profile, state_dir, spec.nodes),
         experiment=profile.mlflow.experiment or recipe.name,
         git_sha=git_sha(),
+        registry=spec.registry,
+        system_metrics_interval_s=spec.system_metrics_interval_s,
+        command=reproduce_command(ref, assignments or [], cluster_file=cluster_file, backend=backend),
     )
     return LaunchPlan(spec=spec, profile=profile, job=job)
-
-
-def tracking_uri(profile: ClusterProfile) -> str:
-    """``$MLFLOW_TRACKING_URI``, else the profile's, else a sqlite file under the podrun home."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or profile.mlflow.tracking_uri
-    return uri or f"sqlite:///{podrun_home() / 'mlflow.db'}"
 
 
 def _load_profile(name: str, cluster_file: str | None, overrides: dict[str, Any]) -> ClusterProfile:
