@@ -5,6 +5,7 @@
     podrun render recipes/jobs/resnet50-tiny.yaml --set train.epochs=3
     podrun runs | podrun status ID | podrun logs ID -f | podrun cancel ID
     podrun sync ID                            # send MLflow records kept while the server was down
+    podrun export RUN_ID --format onnx        # the run's registered model as ONNX, checked and logged back
 
 Errors the user can fix print one line (``podrun: error: ...``) and exit 2.
 """
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("-n", type=int, default=20)
     sync = sub.add_parser("sync", help="send MLflow records that were kept while the tracking server was down")
     sync.add_argument("job_id")
+    export = sub.add_parser("export", help="export a run's registered model (ONNX), check it and log it to the run")
+    export.add_argument("run_id", help="the MLflow run id (printed at the end of a launch)")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--tracking-uri", help="default: the store of the podrun job that made the run")
+    export.add_argument("--output", type=Path, default=Path("exports"), help="folder for the files (default: exports)")
     data = sub.add_parser("data", help="write a data set")
     data_sub = data.add_subparsers(dest="dataset", required=True)
     digits = data_sub.add_parser("digits", help="scikit-learn's digits as ImageNet-layout JPEGs (real, small)")
@@ -215,6 +221,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from orchestrator.export import export_onnx, find_tracking_uri
+
+    uri = find_tracking_uri(args.run_id, args.tracking_uri)
+    for line in export_onnx(args.run_id, uri, args.output / args.run_id):
+        print(line)
+    print(f"logged to run {args.run_id} under onnx/ (tag podrun.onnx); TensorRT: see README, 'ONNX and TensorRT'")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from orchestrator import datasets
 
@@ -234,5 +250,5 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "launch": cmd_launch, "render": cmd_render, "status": cmd_status, "logs": cmd_logs,
-    "cancel": cmd_cancel, "runs": cmd_runs, "sync": cmd_sync, "data": cmd_data,
+    "cancel": cmd_cancel, "runs": cmd_runs, "sync": cmd_sync, "data": cmd_data, "export": cmd_export,
 }
