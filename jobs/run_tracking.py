@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,11 @@ class RunTracking:
         if code == exit_codes.SUCCESS and self.job.registry.enabled and val_loader is not None:
             self._queue_model(state, metrics, metric, val_loader, time_to_train)
         self.tracker.log_record(run_page_record(self.job, metric, unit, code))
-        self.tracker.finish(RUN_STATUS.get(code, "FAILED"))
+        started = time.monotonic()
+        sent = self.tracker.finish(RUN_STATUS.get(code, "FAILED"))
+        what = "run recorded" if sent else "records kept for podrun sync"
+        print(f"[mlflow] {what}: the sender took {time.monotonic() - started:.1f} s after the run ended "
+              "(last records, model, run page)", flush=True)
 
     def _queue_model(self, state: dict[str, Any], metrics: dict[str, float], metric: str, val_loader: Any,
                      time_to_train: float) -> None:
