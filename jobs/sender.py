@@ -19,6 +19,7 @@ import logging
 import os
 import select
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -290,6 +291,16 @@ class NodeMetrics:
         stop_monitor(self.monitor)
 
 
+def ignore_stop_signals() -> None:
+    """Leave stop signals to the rank: srun and ``scancel --signal`` send them to the whole job step.
+
+    The rank checkpoints and exits, which closes this process's pipe; only then does it send
+    what is left (a preempted attempt's last records) and exit. SIGKILL still ends it.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.sender", description="send a spool to MLflow as it grows")
     parser.add_argument("spool", type=Path)
@@ -299,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--system-metrics", metavar="NODE", help="also log this node's system metrics as NODE")
     parser.add_argument("--system-metrics-interval", type=float, default=10.0)
     args = parser.parse_args(argv)
+    ignore_stop_signals()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     metrics = NodeMetrics(args.system_metrics, args.system_metrics_interval, write_run_id(args.run_info))

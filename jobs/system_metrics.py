@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", required=True, help="node_<i>")
     parser.add_argument("--interval", type=float, default=10.0)
     args = parser.parse_args(argv)
+    from jobs.sender import ignore_stop_signals
+
+    ignore_stop_signals()  # it ends when its rank does (stdin closes)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     run_id = wait_for_run_id(args.run_info, 0)
     if run_id is None:

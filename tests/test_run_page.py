@@ -25,6 +25,7 @@ from orchestrator.export import ATOL, ONNX_TAG
 from orchestrator.resolve import load_job
 
 EVALS = [(1, 0.41), (2, 0.87), (3, 0.93)]
+pytestmark = pytest.mark.registry
 
 
 def finished_run(tmp_path: Path, job, model: torch.nn.Module, inputs: dict[str, np.ndarray], **registry) -> str:

@@ -22,7 +22,7 @@ from orchestrator.jobstore import list_records
 from tests.conftest import REPO
 from tests.fixtures.mlflow_server import MlflowServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.registry]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
