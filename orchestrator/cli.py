@@ -227,7 +227,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     uri = find_tracking_uri(args.run_id, args.tracking_uri)
     for line in export_onnx(args.run_id, uri, args.output / args.run_id):
         print(line)
-    print(f"logged to run {args.run_id} under onnx/ (tag podrun.onnx); TensorRT: see README, 'ONNX and TensorRT'")
+    print(f"logged to run {args.run_id} under onnx/ (tag podrun.onnx)")
     return 0
 
 

@@ -38,11 +38,12 @@ class ExportError(PodrunError):
     """The run has no model, or the ONNX file does not match torch."""
 
 
-def trtexec_line(name: str, input_name: str, shape: tuple[int, ...]) -> str:
-    """The ``trtexec`` command that builds a TensorRT engine (FP16) from an exported image model."""
+def trtexec_line(onnx_file: Path, input_name: str, shape: tuple[int, ...]) -> str:
+    """The ``trtexec`` command that builds a TensorRT engine (FP16, batch 1 to 128) from an exported image model."""
     dims = "x".join(str(d) for d in shape[1:])
-    return (f"trtexec --onnx={name}.onnx --saveEngine={name}.plan --fp16 --minShapes={input_name}:1x{dims} "
-            f"--optShapes={input_name}:32x{dims} --maxShapes={input_name}:128x{dims}")
+    return (f"trtexec --onnx={onnx_file} --saveEngine={onnx_file.with_suffix('.plan')} --fp16 "
+            f"--minShapes={input_name}:1x{dims} --optShapes={input_name}:32x{dims} "
+            f"--maxShapes={input_name}:128x{dims}")
 
 
 def find_tracking_uri(run_id: str, explicit: str | None) -> str:
@@ -92,19 +93,27 @@ def export_onnx(run_id: str, tracking_uri: str, output: Path) -> list[str]:
         except (MlflowException, OSError, KeyError, TypeError) as exc:
             raise ExportError(f"cannot load {model_uri} of run {run_id}: {str(exc).splitlines()[0][:200]}") from None
         files, checks = _export(folder, meta, run.data.params.get("recipe", "model"), output)
+        shapes = [tuple(array.shape) for array in _validation_batch(folder, meta)]
     for path in files:
         client.log_artifact(run_id, str(path), "onnx")
     worst = max(diff for _, diff, _ in checks)
     client.set_tag(run_id, ONNX_TAG, f"{', '.join(p.name for p in files)}: opset {OPSET}, dynamic batch, "
                                      f"max |onnx - torch| {worst:.2e} (atol {ATOL:g}, rtol {RTOL:g})")
-    return [f"{path}: max |onnx - torch| {diff:.2e} on {rows} validation rows" for path, diff, rows in checks]
+    lines = [f"{path}: max |onnx - torch| {diff:.2e} on {rows} validation rows" for path, diff, rows in checks]
+    if meta["arch"] != "transformer":  # one image input: the TensorRT engine is one command away
+        lines.append(f"TensorRT (FP16 engine, on the GPU machine): {trtexec_line(files[0], 'images', shapes[0])}")
+    return lines
+
+
+def _validation_batch(folder: Path, meta: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    from jobs.model_inputs import load_validation_batch
+
+    return load_validation_batch(folder / "extra_files" / "model-inputs.npz", meta["arch"])
 
 
 def _export(folder: Path, meta: dict[str, Any], name: str, output: Path) -> tuple[list[Path], list]:
-    from jobs.model_inputs import load_validation_batch
-
     program = torch.export.load(str(folder / "data" / "model.pt2"))
-    inputs = load_validation_batch(folder / "extra_files" / "model-inputs.npz", meta["arch"])
+    inputs = _validation_batch(folder, meta)
     output.mkdir(parents=True, exist_ok=True)
     if meta["arch"] == "transformer":
         return _export_transformer(program, meta, inputs, name, output)

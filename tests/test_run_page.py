@@ -99,6 +99,7 @@ def test_run_page_dataset_model_and_onnx(job, tmp_path, capsys):
                  "--output", str(tmp_path / "exports")]) == 0
     out = capsys.readouterr().out
     assert "resnet50.onnx: max |onnx - torch|" in out and "on 8 validation rows" in out
+    assert "--fp16 --minShapes=images:1x3x32x32 --optShapes=images:32x3x32x32" in out
     assert [a.path for a in client.list_artifacts(run_id, "onnx")] == ["onnx/resnet50.onnx"]
     tag = client.get_run(run_id).data.tags[ONNX_TAG]
     assert "opset 18, dynamic batch" in tag and float(tag.split("max |onnx - torch| ")[1].split()[0]) <= ATOL

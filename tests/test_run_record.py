@@ -75,3 +75,11 @@ def test_store_uris():
     assert absolute_store_uri("http://h:5000") == "http://h:5000"
     assert display_uri("https://bob:pa55@mlflow.example:8443/x") == "https://bob:***@mlflow.example:8443/x"
     assert display_uri("http://mlflow.example") == "http://mlflow.example"
+
+
+@pytest.mark.registry
+def test_registry_is_on_unless_the_job_turns_it_off(podrun_home):
+    assert load_job("resnet50:tiny").job.registry.enabled
+    assert not load_job("resnet50:tiny", ["registry=false"]).job.registry.enabled
+    limited = load_job("resnet50:tiny", ["registry.max_model_mb=5"]).job.registry
+    assert limited.enabled and limited.max_model_mb == 5
