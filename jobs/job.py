@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from jobs.config_io import NAME_PATTERN, StrictModel, read_yaml, validate
 from jobs.preflight.spec import PreflightSpec
@@ -30,6 +30,22 @@ class HorovodConfig(StrictModel):
     cycle_time_ms: float = Field(1.0, gt=0)
     hierarchical_allreduce: bool = False
     timeline: bool = Field(False, description="write HOROVOD_TIMELINE; it becomes an MLflow artifact")
+
+
+class RegistryConfig(StrictModel):
+    """The trained model in MLflow: logged and registered under the recipe's name when the target is reached.
+
+    ``registry: false`` in a job spec turns it off; weights larger than ``max_model_mb`` are
+    not uploaded (the store's upload limit), with a message naming the checkpoint instead.
+    """
+
+    enabled: bool = True
+    max_model_mb: float = Field(2048, gt=0, description="larger weights are not logged")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: object) -> object:
+        return {"enabled": value} if isinstance(value, bool) else value
 
 
 class Derivation(StrictModel):
@@ -70,6 +86,9 @@ class ResolvedJob(StrictModel):
     preflight: PreflightSpec | None = Field(None, description="the node checks before training; None: off")
     tags: dict[str, str] = Field(default_factory=dict, description="more MLflow run tags (a sweep's parent run)")
     watchdog_timeout_s: float = Field(600, ge=0, description="see jobs.watchdog; 0: off")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    system_metrics_interval_s: float = Field(10.0, ge=0, description="per-node system metrics; 0 turns them off")
+    command: str = Field("", description="the podrun command line that reproduces the job (no secrets)")
 
 
 def load_resolved(path: Path) -> ResolvedJob:

@@ -2,6 +2,8 @@
 
 Only the tracker's sender (:class:`jobs.tracker.Tracker`) calls these, on rank 0, in its
 background thread; MLflow is imported here and nowhere else on a rank's critical path.
+The run page's records are sent by their own modules, also only in the sender:
+:mod:`jobs.dataset_inputs`, :mod:`jobs.model_registry` and :mod:`jobs.run_page`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+
+from jobs.store_uri import SQLITE_PREFIX, local_store_path
 
 log = logging.getLogger("jobs.tracker")
 
@@ -44,6 +48,16 @@ def is_permanent(exc: BaseException) -> bool:
     return getattr(exc, "error_code", None) in PERMANENT_ERROR_CODES
 
 
+def is_transient(exc: BaseException) -> bool:
+    """True if sending again later may succeed: no answer, a timeout, or an MLflow error that is not permanent."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    if isinstance(exc, OSError | RequestException):
+        return True
+    return isinstance(exc, MlflowException) and not is_permanent(exc)
+
+
 def describe(exc: BaseException) -> str:
     """One short line for a warning."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -56,11 +70,13 @@ def new_client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def send_records(client: Any, run_id: str, group: list[dict[str, Any]], artifact_source: Path | None) -> None:
+def send_records(client: Any, run_id: str, group: list[dict[str, Any]], artifact_source: Path | None,
+                 tracking_uri: str = "") -> None:
     """Send one record, or a run of metrics records as one batch.
 
     ``artifact_source`` is the file to upload for an artifact record (the spool's copy or
-    the original). Raises what MLflow raises; see :func:`is_permanent`.
+    the original). The run page's records (``dataset``, ``model``, ``run_page``) go to
+    their own modules. Raises what MLflow raises; see :func:`is_permanent`.
     """
     from mlflow.entities import Metric, Param, RunTag
 
@@ -84,6 +100,18 @@ def send_records(client: Any, run_id: str, group: list[dict[str, Any]], artifact
         client.update_run(run_id, status="RUNNING")
     elif kind == "end":
         client.set_terminated(run_id, status=record["status"])
+    elif kind == "dataset":
+        from jobs.dataset_inputs import send_dataset
+
+        send_dataset(client, run_id, record)
+    elif kind == "model":
+        from jobs.model_registry import log_trained_model
+
+        log_trained_model(client, run_id, tracking_uri, record)
+    elif kind == "run_page":
+        from jobs.run_page import publish_run_page
+
+        publish_run_page(client, run_id, record)
 
 
 def send_params(client: Any, run_id: str, params: list[Any], size: int = PARAMS_PER_BATCH) -> None:
@@ -132,10 +160,9 @@ def experiment_id(client: Any, name: str, tracking_uri: str) -> str:
 
 def artifact_location(tracking_uri: str) -> str | None:
     """For ``sqlite:///<db>``: ``<db dir>/mlartifacts`` as a file URI, not a cwd-relative path."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
+    if not tracking_uri.startswith(SQLITE_PREFIX):
         return None  # a server chooses its own (proxied) artifact store
-    db_file = Path(tracking_uri[len(prefix):].split("?", 1)[0])
+    db_file = local_store_path(tracking_uri)
     return (db_file.resolve().parent / "mlartifacts").as_uri()
 
 

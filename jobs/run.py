@@ -43,16 +43,22 @@ def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = Non
 def _tracked_rank(job: ResolvedJob, early: RankInfo, hooks: Any, resume_from: Path | None) -> int:
     # Rank 0 starts its MLflow sender before importing torch, so MLflow's own start-up
     # (seconds of imports and store set-up, in another process) overlaps torch's.
-    tracker = None
+    tracker = node_monitor = None
     if early.is_main:
         from jobs.run_tracking import open_tracker
 
         tracker = open_tracker(job)
+    else:  # another node's local rank 0 logs that node's system metrics (rank 0's sender does node 0's)
+        from jobs.system_metrics import spawn_node_monitor
+
+        node_monitor = spawn_node_monitor(job, early)
     try:
         return _run_rank(job, hooks, resume_from, tracker)
     finally:
         if tracker is not None:
             tracker.close()  # after a crash: the sender sends what there is and stops
+        if node_monitor is not None:
+            node_monitor.close()
 
 
 def _run_rank(job: ResolvedJob, hooks: Any, resume_from: Path | None, tracker: Any) -> int:

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from jobs import exit_codes
-from jobs.checkpoint_index import read_run_info, update_run_info
+from jobs import exit_codes, system_metrics
+from jobs.checkpoint_index import latest_checkpoint, read_run_info, update_run_info
+from jobs.dataset_inputs import dataset_records
 from jobs.job import ResolvedJob
+from jobs.model_registry import model_record
 from jobs.phases import phase_metrics
 from jobs.placement import RankInfo
 from jobs.preflight.record import log_preflight
+from jobs.run_page import result_line, run_page_record
+from jobs.store_uri import display_uri
 from jobs.tracker import Tracker
 
+RESULT_SECTION = "result/"  # the MLflow UI's first chart section: the eval metric and time-to-train
 RUN_STATUS = {exit_codes.SUCCESS: "FINISHED", exit_codes.NOT_REACHED: "FINISHED", exit_codes.PREEMPTED: "KILLED"}
 # Distributions whose versions a run records, read from their metadata (importing Ray or
 # DALI only to ask would cost seconds at every start).
@@ -88,9 +94,10 @@ def open_tracker(job: ResolvedJob) -> Tracker:
     continues the same MLflow run.
     """
     run_info = read_run_info(Path(job.checkpoint_dir))
+    print(f"[mlflow] the run goes to {display_uri(job.tracking_uri)} (experiment {job.experiment})", flush=True)
     return Tracker(job.tracking_uri, job.experiment, Path(job.job_dir) / "mlflow-spool",
                    run_id=run_info.get("mlflow_run_id"), run_name=job.name, background=True,
-                   run_info_dir=Path(job.checkpoint_dir))
+                   run_info_dir=Path(job.checkpoint_dir), sender_args=system_metrics.sender_args(job))
 
 
 class RunTracking:
@@ -110,6 +117,11 @@ class RunTracking:
             self.tracker.log_params(job_params(self.job) | {"steps_per_epoch": steps_per_epoch,
                                                               "train_samples": train_samples,
                                                               "eval_samples": val_samples})
+            # numbers, so that the runs table sorts them as numbers (params sort as text)
+            self.tracker.log_metrics({"world_size": self.job.world_size,
+                                      "global_batch_size": self.job.derived.global_batch_size}, step=0)
+            for record in dataset_records(self.job):
+                self.tracker.log_record(record)
         tags = {f"version.{k}": v for k, v in versions().items()}
         tags |= {"git_sha": self.job.git_sha, "hosts": ",".join(sorted(set(hosts))), "job_id": self.job.job_id,
                  "attempts": str(len(attempts)), "checkpoint_dir": str(self.ckpt_dir)}
@@ -126,15 +138,18 @@ class RunTracking:
         self.tracker.log_metrics({"train_loss": loss, "lr": lr, f"throughput_{unit}_per_s": rate}, step=step)
 
     def eval_metric(self, name: str, value: float, epoch: int) -> None:
-        self.tracker.log_metrics({f"eval_{name}": value}, step=epoch)
+        # also in the "result" section, which the MLflow UI charts first (sections sort before the rest)
+        self.tracker.log_metrics({f"eval_{name}": value, f"{RESULT_SECTION}eval_{name}": value}, step=epoch)
 
-    def finish(self, code: int, time_to_train: float, state: dict[str, Any], mllog_path: Path, unit: str) -> None:
+    def finish(self, code: int, time_to_train: float, state: dict[str, Any], mllog_path: Path, unit: str,
+               metric: str = "top1", val_loader: Any = None) -> None:
+        """Log the run's result, artifacts, model and run page (all after ``run_stop``), then end the run."""
         metrics = {"best_metric": state["best_metric"], "epochs_run": state["epoch"],
                    "time_lost_s": state["time_lost_s"],
                    f"mean_throughput_{unit}_per_s": state["items"] / max(time_to_train, 1e-9)}
         if code == exit_codes.SUCCESS:
-            metrics["time_to_train_s"] = time_to_train
-        metrics["reached_target"] = 1.0 if code == exit_codes.SUCCESS else 0.0
+            metrics["time_to_train_s"] = metrics[f"{RESULT_SECTION}time_to_train_s"] = time_to_train
+        metrics["reached_target"] = metrics[f"{RESULT_SECTION}reached_target"] = float(code == exit_codes.SUCCESS)
         self.tracker.log_metrics(metrics, step=state["global_step"])
         self.tracker.log_metrics(phase_metrics(state.get("phases") or {}), step=0)  # the launcher adds its own
         self.tracker.set_tags({"status": exit_codes.DESCRIPTIONS.get(code, "failed")})
@@ -146,4 +161,26 @@ class RunTracking:
             self.tracker.log_artifact(timeline, "horovod")
         if Path(mllog_path).is_file():
             self.tracker.log_artifact(Path(mllog_path), "mlperf")
-        self.tracker.finish(RUN_STATUS.get(code, "FAILED"))
+        if code == exit_codes.SUCCESS and self.job.registry.enabled and val_loader is not None:
+            self._queue_model(state, metrics, metric, val_loader, time_to_train)
+        self.tracker.log_record(run_page_record(self.job, metric, unit, code))
+        started = time.monotonic()
+        sent = self.tracker.finish(RUN_STATUS.get(code, "FAILED"))
+        what = "run recorded" if sent else "records kept for podrun sync"
+        print(f"[mlflow] {what}: the sender took {time.monotonic() - started:.1f} s after the run ended "
+              "(last records, model, run page)", flush=True)
+
+    def _queue_model(self, state: dict[str, Any], metrics: dict[str, float], metric: str, val_loader: Any,
+                     time_to_train: float) -> None:
+        """Save a validation batch and queue the model record (the sender logs and registers it)."""
+        from jobs.model_inputs import save_validation_batch
+
+        checkpoint = latest_checkpoint(self.ckpt_dir)
+        arch = self.job.recipe.model.arch
+        inputs = save_validation_batch(arch, val_loader, state["epoch"], self.job_dir / "model-inputs.npz")
+        if checkpoint is None or inputs is None:
+            print("[mlflow] model not logged: no final checkpoint or no validation batch", flush=True)
+            return
+        result = result_line(metric, self.job.recipe.eval.target, state["evals"], metrics, exit_codes.SUCCESS)
+        result += f"; time to train {time_to_train:.1f} s; run {self.tracker.run_id or '?'} (job {self.job.job_id})"
+        self.tracker.log_record(model_record(self.job, checkpoint, inputs, result))

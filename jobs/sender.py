@@ -19,6 +19,7 @@ import logging
 import os
 import select
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -135,7 +136,8 @@ class Sender:
     def _send_group(self, client: Any, group: list[dict[str, Any]]) -> None:
         """Send one group; a group MLflow rejects is retried record by record, then dropped."""
         try:
-            mlflow_send.send_records(client, self.run_id, group, self._artifact_source(group[0]))
+            mlflow_send.send_records(client, self.run_id, group, self._artifact_source(group[0]),
+                                     self.meta["tracking_uri"])
         except Exception as exc:
             if not is_permanent(exc):
                 raise
@@ -271,19 +273,59 @@ def write_run_id(run_info_dir: Path | None) -> OnRun | None:
     return remember
 
 
+class NodeMetrics:
+    """This node's system metrics (:mod:`jobs.system_metrics`), started once the run exists."""
+
+    def __init__(self, node: str | None, interval_s: float, then: OnRun | None) -> None:
+        self.node, self.interval_s, self.then = node, interval_s, then
+        self.monitor: object | None = None
+        self.tracking_uri = ""
+
+    def on_run(self, run_id: str, experiment_id: str | None) -> None:
+        if self.then is not None:
+            self.then(run_id, experiment_id)
+        if self.node and self.monitor is None:
+            from jobs.system_metrics import start_monitor
+
+            self.monitor = start_monitor(run_id, self.tracking_uri, self.node, self.interval_s)
+
+    def stop(self) -> None:
+        from jobs.system_metrics import stop_monitor
+
+        stop_monitor(self.monitor)
+
+
+def ignore_stop_signals() -> None:
+    """Leave stop signals to the rank: srun and ``scancel --signal`` send them to the whole job step.
+
+    The rank checkpoints and exits, which closes this process's pipe; only then does it send
+    what is left (a preempted attempt's last records) and exit. SIGKILL still ends it.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.sender", description="send a spool to MLflow as it grows")
     parser.add_argument("spool", type=Path)
     parser.add_argument("--wake-fd", type=int, default=0, help="bytes here mean new records; EOF: finish")
     parser.add_argument("--run-info", type=Path, help="the checkpoint folder whose run.json keeps the run id")
     parser.add_argument("--retry-interval", type=float, default=30.0)
+    parser.add_argument("--system-metrics", metavar="NODE", help="also log this node's system metrics as NODE")
+    parser.add_argument("--system-metrics-interval", type=float, default=10.0)
     args = parser.parse_args(argv)
+    ignore_stop_signals()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     install_log_masking()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    sender = open_sender(args.spool, retry_interval_s=args.retry_interval, on_run=write_run_id(args.run_info))
+    metrics = NodeMetrics(args.system_metrics, args.system_metrics_interval, write_run_id(args.run_info))
+    sender = open_sender(args.spool, retry_interval_s=args.retry_interval, on_run=metrics.on_run)
+    metrics.tracking_uri = sender.meta["tracking_uri"]
     sender.warm_up()
-    follow(sender, args.wake_fd)
+    try:
+        follow(sender, args.wake_fd)
+    finally:
+        metrics.stop()
     if sender.finished:
         sender.mark_done()
     return 0

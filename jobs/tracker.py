@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 T = TypeVar("T")
+RUN_PAGE_KINDS = ("dataset", "model", "run_page")  # sent by jobs.dataset_inputs, .model_registry, .run_page
 SENDER_DRAIN_TIMEOUT_S = 300  # finish() waits this long for the sender; the spool keeps the rest
 MAX_MASKED_BYTES = 16 << 20  # text artifacts up to this size are masked; larger ones (timelines) go as they are
 
@@ -101,12 +102,13 @@ class Tracker:
         request_timeout_s: HTTP timeout of one attempt.
         background: send from a child process (``python -m jobs.sender``).
         run_info_dir: with ``background``, the folder whose ``run.json`` gets the run id.
+        sender_args: with ``background``, more arguments for the sender (its system metrics).
     """
 
     def __init__(
         self, tracking_uri: str, experiment: str, spool_dir: Path, *, run_id: str | None = None,
         run_name: str | None = None, retry_interval_s: float | None = None, request_timeout_s: int = 5,
-        background: bool = False, run_info_dir: Path | None = None,
+        background: bool = False, run_info_dir: Path | None = None, sender_args: tuple[str, ...] = (),
     ) -> None:  # fmt: skip
         self.spool = Spool(spool_dir)
         self.retry_interval_s = default_retry_interval() if retry_interval_s is None else retry_interval_s
@@ -116,6 +118,7 @@ class Tracker:
         self._sender: Sender | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._wake_fd: int | None = None
+        self._sender_args = sender_args
         self._start(tracking_uri, experiment, run_id, run_name, background, run_info_dir)
 
     @never_raise(None)
@@ -150,6 +153,7 @@ class Tracker:
                 "--retry-interval", str(self.retry_interval_s)]
         if run_info_dir is not None:
             argv += ["--run-info", str(run_info_dir)]
+        argv += self._sender_args
         # stdin is the pipe: it closes when finish() closes it or when this process dies
         self._process = subprocess.Popen(argv, stdin=read_fd, close_fds=True)
         os.close(read_fd)
@@ -214,6 +218,13 @@ class Tracker:
         self._submit(record)
         if self._sender.pending and self._sender.pending[-1] is record:
             self._keep_copy(record, path)
+
+    @never_raise(None)
+    def log_record(self, record: dict[str, Any]) -> None:
+        """Queue a run-page record (``dataset``, ``model``, ``run_page``) that the sender carries out."""
+        if record.get("kind") not in RUN_PAGE_KINDS:
+            raise ValueError(f"not a run-page record: {record.get('kind')!r}")
+        self._submit(dict(record))
 
     @never_raise(False)
     def finish(self, status: RunStatus) -> bool:

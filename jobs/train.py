@@ -403,7 +403,8 @@ class Trainer:
             say(f"[done] {exit_codes.DESCRIPTIONS.get(code, 'failed')}: time to train {time_to_train:.1f} s,"
                 f" best {self.task.metric} {self.state['best_metric']:.4f}")
         if self.tracking:
-            self.tracking.finish(code, time_to_train, self.state, self.mllog.path, self.task.unit)
+            self.tracking.finish(code, time_to_train, self.state, self.mllog.path, self.task.unit,
+                                 metric=self.task.metric, val_loader=self.val_loader)
         self.train_loader.close()
         self.val_loader.close()
         if self.hooks:

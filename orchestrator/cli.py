@@ -7,6 +7,7 @@
     podrun sync ID                            # send MLflow records kept while the server was down
     podrun init                               # copy the bundled cluster.yaml and a job spec here to edit
     podrun preflight recipes/jobs/resnet50-superpod.yaml   # check the nodes a job would get, print a table
+    podrun export RUN_ID --format onnx        # the run's registered model as ONNX, checked and logged back
 
 Errors the user can fix print one line (``podrun: error: ...``) and exit with one of the
 codes in :mod:`jobs.exit_codes` (64: usage or config, 69: the scheduler); ``launch``
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("job_id")
     _predict_arguments(sub)
     _sweep_arguments(sub)
+    export = sub.add_parser("export", help="export a run's registered model (ONNX), check it and log it to the run")
+    export.add_argument("run_id", help="the MLflow run id (printed at the end of a launch)")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--tracking-uri", help="default: the store of the podrun job that made the run")
+    export.add_argument("--output", type=Path, default=Path("exports"), help="folder for the files (default: exports)")
     data = sub.add_parser("data", help="write a data set")
     data_sub = data.add_subparsers(dest="dataset", required=True)
     digits = data_sub.add_parser("digits", help="scikit-learn's digits as ImageNet-layout JPEGs (real, small)")
@@ -153,6 +159,8 @@ def _resolve(args: argparse.Namespace, job_id: str | None = None):
                     resume=args.resume, job_id=job_id)
     if getattr(args, "no_preflight", False):
         plan.job.preflight = None
+    if getattr(args, "on", None):
+        plan.job.command += f" --on {args.on}"
     return plan
 
 
@@ -178,6 +186,7 @@ def _scheduler(plan, args: argparse.Namespace) -> str:
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from orchestrator.console import follow_job
+    from orchestrator.run_record import announce
 
     plan = _resolve(args)
     backend = get_backend(_scheduler(plan, args))
@@ -185,6 +194,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     record = backend.submit(plan)
     print(f"submitted {record.job_id} ({record.backend} {record.native_id}, {plan.job.world_size} ranks)"
           f"  logs: {record.job_dir}/logs", flush=True)
+    print(announce(plan), flush=True)
     if args.detach:
         backend.detach(record)
         print(f"follow it with: podrun logs {record.job_id} -f")
@@ -327,6 +337,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from orchestrator.export import export_onnx, find_tracking_uri
+
+    uri = find_tracking_uri(args.run_id, args.tracking_uri)
+    for line in export_onnx(args.run_id, uri, args.output / args.run_id):
+        print(line)
+    print(f"logged to run {args.run_id} under onnx/ (tag podrun.onnx)")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from orchestrator import datasets
 
@@ -357,6 +377,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 COMMANDS = {
     "launch": cmd_launch, "render": cmd_render, "status": cmd_status, "logs": cmd_logs,
     "cancel": cmd_cancel, "runs": cmd_runs, "sync": cmd_sync, "data": cmd_data, "init": cmd_init,
-    "preflight": cmd_preflight,
+    "preflight": cmd_preflight, "export": cmd_export,
 }
 COMMANDS |= {"predict": cmd_predict, "sweep": cmd_sweep, "report": cmd_report}

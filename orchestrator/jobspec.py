@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, PrivateAttr, field_validator
 
 from jobs.config_io import NAME_PATTERN, StrictModel, read_yaml, validate
-from jobs.job import HorovodConfig, ResolvedJob
+from jobs.job import HorovodConfig, RegistryConfig, ResolvedJob
 from jobs.private_files import write_private
 from orchestrator.backends import check_backend_name
 from orchestrator.profiles import ClusterProfile
@@ -33,6 +33,8 @@ class JobSpec(StrictModel):
     horovod: HorovodConfig = Field(default_factory=HorovodConfig)
     watchdog_timeout_s: float = Field(600, ge=0, description="a rank without progress this long fails the job, "
                                                              "named (jobs.watchdog); 0: off")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="false: no model in MLflow")
+    system_metrics_interval_s: float = Field(10.0, ge=0, description="per-node system metrics; 0: off")
     overrides: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("backend")

@@ -38,6 +38,7 @@ def load_plan(argv: list[str]) -> LaunchPlan:
     if argv[:1] == ["--plan"] and len(argv) == 2:
         return validate(LaunchPlan, read_yaml(Path(argv[1])), argv[1])
     from orchestrator.resolve import load_job
+    from orchestrator.run_record import check_outlives
 
     if not argv:
         raise PodrunError("usage: python -m orchestrator.ray_job JOB [--set KEY=VALUE ...]")
@@ -47,7 +48,9 @@ def load_plan(argv: list[str]) -> LaunchPlan:
         if flag != "--set" or not value:
             raise PodrunError(f"unexpected argument {flag!r}: use --set KEY=VALUE")
         assignments.append(value)
-    return load_job(ref, assignments, backend="ray")
+    plan = load_job(ref, assignments, backend="ray")
+    check_outlives(plan, Path.cwd())  # `ray job submit` runs this in Ray's temporary copy of the repo
+    return plan
 
 
 def fit_horovod(plan: LaunchPlan) -> int:
@@ -120,8 +123,12 @@ def report(code: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator.run_record import announce
+
     try:
-        return fit(load_plan(sys.argv[1:] if argv is None else argv))
+        plan = load_plan(sys.argv[1:] if argv is None else argv)
+        print(f"[ray] {announce(plan)}", flush=True)
+        return fit(plan)
     except PodrunError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_codes.FAILED

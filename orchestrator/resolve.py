@@ -25,6 +25,7 @@ from orchestrator.jobspec import JobSpec, LaunchPlan
 from orchestrator.paths import checkout_root, find_cluster_file, find_job_spec, find_recipe
 from orchestrator.preflight import preflight_spec
 from orchestrator.profiles import ClusterProfile, load_profiles
+from orchestrator.run_record import reproduce_command, tracking_uri
 from orchestrator.scaling import derive
 
 JOB_FIELDS = set(JobSpec.model_fields) - {"overrides"}
@@ -145,11 +146,12 @@ def load_job(
     if backend:
         spec.backend = backend
     profile = _load_profile(spec.cluster, cluster_file, profile_overrides, sources)
-    profile, uri, secret_env = detach_secrets(profile, tracking_uri(profile))
     recipe = load_recipe(spec.recipe, spec.preset, recipe_overrides, sources)
     chosen_backend = spec.backend or profile.scheduler
     tasks = _tasks_per_node(spec, profile, chosen_backend)
     world = spec.nodes * tasks
+    state_dir = _absolute(profile, profile.state_dir) if profile.state_dir else podrun_home()
+    profile, uri, secret_env = detach_secrets(profile, tracking_uri(profile, state_dir, spec.nodes))
     derived = derive(recipe, world)
     device = "cuda" if _gpus(profile, chosen_backend) else "cpu"
     problem = mode_problem(recipe.train.precision, recipe.train.compile, device, gpu=profile.gpu,
@@ -158,7 +160,6 @@ def load_job(
         raise ConfigError(f"job '{spec.name}' on profile '{profile.name}' ({device}): {problem}")
     job_id = job_id or new_job_id(spec.name)
     checkpoint_dir = _checkpoint_dir(profile, spec.name, job_id, resume)
-    state_dir = _absolute(profile, profile.state_dir) if profile.state_dir else podrun_home()
     job = ResolvedJob(
         job_id=job_id,
         name=spec.name,
@@ -181,16 +182,13 @@ def load_job(
         git_sha=git_sha(),
         preflight=preflight_spec(profile, chosen_backend),
         watchdog_timeout_s=spec.watchdog_timeout_s,
+        registry=spec.registry,
+        system_metrics_interval_s=spec.system_metrics_interval_s,
+        command=reproduce_command(ref, assignments or [], cluster_file=cluster_file, backend=backend),
     )
     plan = LaunchPlan(spec=spec, profile=profile, job=job, sources=sources)
     plan.secret_env.update(secret_env)
     return plan
-
-
-def tracking_uri(profile: ClusterProfile) -> str:
-    """``$MLFLOW_TRACKING_URI``, else the profile's, else a sqlite file under the podrun home."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or profile.mlflow.tracking_uri
-    return uri or f"sqlite:///{podrun_home() / 'mlflow.db'}"
 
 
 def _load_profile(name: str, cluster_file: str | None, overrides: dict[str, Any],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,30 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Real services for the integration tests: two-node Slurm and Ray clusters, and an sshd on loopback.
 pytest_plugins = ["tests.fixtures.slurm", "tests.fixtures.sshd", "tests.fixtures.ray_cluster", "tests.faults"]
+
+
+@pytest.fixture(autouse=True)
+def registry_only_where_marked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Jobs that tests resolve log no model unless the test is marked ``registry``.
+
+    Logging the model (``torch.export``, upload, registration: about 10 s after every run
+    that reaches its target, on the 2-core box) is checked by the tests that look at it
+    (tests/test_run_page*.py, the README's Ray line, the two-node Slurm run); the rest
+    would only pay for it.
+    """
+    from jobs.job import RegistryConfig
+
+    if request.node.get_closest_marker("registry"):
+        yield
+        return
+    field = RegistryConfig.model_fields["enabled"]
+    field.default = False
+    RegistryConfig.model_rebuild(force=True)
+    try:
+        yield
+    finally:
+        field.default = True
+        RegistryConfig.model_rebuild(force=True)
 
 
 @pytest.fixture(scope="session")

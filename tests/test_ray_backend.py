@@ -54,25 +54,54 @@ def wait_for_log(record, pattern: str, timeout: float = 300) -> re.Match:
     return wait_until(lambda: re.search(pattern, ray_logs(record)), f"{pattern!r} in the Ray job's logs", timeout, 2)
 
 
-def test_ray_job_submit_cli_runs_the_recipe_to_its_target(ray_profile, ray_cluster, local_env, tmp_path):
-    env = os.environ | ray_cluster.env | {"PODRUN_HOME": str(local_env)}
-    runtime_env = {"excludes": [".venv", ".git", ".podrun", "__pycache__"],
-                   "env_vars": {"PODRUN_CLUSTER_FILE": str(ray_profile), "PODRUN_HOME": str(local_env)}}
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_cluster.dashboard_url,
-         "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
-         sys.executable, "-m", "orchestrator.ray_job", *JOB],
-        env=env, capture_output=True, text=True, timeout=600)
+def readme_ray_line(auth: bool) -> str:
+    """The README's ``ray job submit`` command for a cluster with (or without) token auth, as one line."""
+    text = (REPO / "README.md").read_text()
+    first = "RAY_AUTH_MODE=token ray job submit" if auth else "\nray job submit"
+    start = text.index(first) + (0 if auth else 1)
+    lines = []
+    for line in text[start:].splitlines():
+        lines.append(line.rstrip("\\").strip())
+        if not line.endswith("\\"):
+            return " ".join(lines)
+    raise AssertionError("unterminated command in README.md")
+
+
+@pytest.mark.registry
+def test_readme_ray_job_submit_line_records_the_run_where_the_launcher_says(ray_cluster, digits_root, tmp_path):
+    shared = tmp_path / "shared"
+    (shared / "data").mkdir(parents=True)
+    (shared / "data" / "digits").symlink_to(digits_root / "digits")
+    command = readme_ray_line(auth=True).replace("HEAD:8265", ray_cluster.dashboard_url.split("//")[1])
+    command = command.replace("/shared/podrun", str(shared))
+    command += " --set nodes=2 --set tasks_per_node=1 --set system_metrics_interval_s=2"
+    env = {k: v for k, v in ray_cluster.env.items() if not k.startswith(("PODRUN_", "MLFLOW_"))}
+    proc = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "[ray] finished: reached target" in out and "[done] reached target" in out
     assert ray_cluster.token not in out
-    (run_info,) = (tmp_path / "checkpoints" / "resnet50-tiny").glob("*/run.json")
-    run_id = json.loads(run_info.read_text())["mlflow_run_id"]
-    run = MlflowClient(f"sqlite:///{local_env / 'mlflow.db'}").get_run(run_id)
+    printed = re.search(r"\[ray\] MLflow: (\S+) \(experiment resnet50\)", out).group(1)
+    assert printed == f"sqlite:///{shared / 'mlflow.db'}"  # on the shared storage, not in Ray's temporary copy
+    assert f"[mlflow] the run goes to {printed}" in out  # rank 0 says the same
+    (run_info,) = (shared / "checkpoints" / "resnet50-tiny").glob("*/run.json")
+    client = MlflowClient(printed)
+    run = client.get_run(json.loads(run_info.read_text())["mlflow_run_id"])
     assert run.data.metrics["time_to_train_s"] > 0 and run.data.params["backend"] == "ray"
-    assert run.data.params["world_size"] == "2"
+    assert run.data.params["world_size"] == "2" and run.data.metrics["world_size"] == 2
+    # node 0's system metrics (this fixture's two nodes share one IP, so Ray gives both workers the same node
+    # and only node 0 has a monitor; tests/test_slurm_backend.py checks node_1 on two Slurm nodes)
+    assert "system/node_0/cpu_utilization_percentage" in run.data.metrics
+    assert run.data.tags["mlflow.note.content"].startswith("**reached top-1 ")
+    assert "--set cluster=ray --set nodes=2" in run.data.tags["mlflow.note.content"]
+    assert client.get_model_version("resnet50", "1").run_id == run.info.run_id
     assert not any(ray_cluster.token in value for value in {**run.data.params, **run.data.tags}.values())
+
+
+def test_readme_has_a_ray_line_for_either_kind_of_cluster():
+    open_line, token_line = readme_ray_line(auth=False), readme_ray_line(auth=True)
+    assert open_line.startswith("ray job submit --address http://HEAD:8265")
+    assert token_line == "RAY_AUTH_MODE=token " + open_line
 
 
 def test_killed_worker_restarts_and_resumes_from_its_checkpoint(ray_profile, local_env, capsys):

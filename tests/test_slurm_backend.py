@@ -60,10 +60,11 @@ def slurm_log(record) -> Path:
     return Path(record.extra["cluster_job_dir"]) / "logs" / f"slurm-{record.native_id}.out"
 
 
+@pytest.mark.registry
 def test_two_node_job_reaches_target_and_preempted_job_resumes_to_the_same_result(slurm_env, local_env, capsys,
                                                                                    slurm_cluster):
     # Uninterrupted: `podrun launch --backend slurm` submits, follows and returns the job's exit code.
-    assert main(["launch", *job_args(slurm_env)]) == exit_codes.SUCCESS
+    assert main(["launch", *job_args(slurm_env, "--set", "system_metrics_interval_s=2")]) == exit_codes.SUCCESS
     out = capsys.readouterr().out
     assert "[done] reached target" in out
     plain = newest_record(local_env)
@@ -76,6 +77,9 @@ def test_two_node_job_reaches_target_and_preempted_job_resumes_to_the_same_resul
     assert run.data.metrics["time_to_train_s"] > 0 and run.data.params["world_size"] == "2"
     assert run.data.params["backend"] == "slurm" and run.data.tags["slurm_job_id"] == plain.native_id
     assert "job.sbatch" in {a.path for a in client.list_artifacts(run_id)}
+    # one system-metrics monitor per node: rank 0's sender (node_0) and node 2's local rank 0 (node_1)
+    assert {f"system/node_{i}/cpu_utilization_percentage" for i in (0, 1)} <= set(run.data.metrics)
+    assert client.get_model_version("resnet50", "1").run_id == run_id  # the model, registered after run_stop
     assert (Path(plain.extra["cluster_job_dir"]) / "job.sbatch").is_file()
 
     # Preempted mid-run with USR2 to the batch shell: requeued, resumed, same result.

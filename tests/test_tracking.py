@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,59 +13,7 @@ from mlflow import MlflowClient
 from jobs.secret_filter import sanitize_key, secret_reason
 from jobs.spool import SpoolError
 from jobs.tracker import Tracker, replay_spool
-
-SERVER_START_TIMEOUT_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class MlflowServer:
-    """A real `mlflow server` subprocess on a port chosen before it starts."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.db_uri = f"sqlite:///{root / 'server.db'}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [
-            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.db_uri,
-            "--artifacts-destination", str(self.root / "server-artifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]  # fmt: skip
-        self.log = open(self.root / "server.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
-                                        cwd=self.root, start_new_session=True)  # fmt: skip
-        self.wait_healthy()
-
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, (self.root / "server.log").read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise AssertionError(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S} s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, 15)  # the server's own process group: gunicorn/uvicorn too
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
-        if self.process is not None:
-            self.log.close()
+from tests.fixtures.mlflow_server import MlflowServer
 
 
 @pytest.fixture

@@ -1,0 +1,196 @@
+"""``podrun export RUN_ID --format onnx``: the run's registered model as ONNX, checked, logged back.
+
+The start of the inference path to NVIDIA T4s (TensorRT): the model that a run logged
+(:mod:`jobs.model_registry`, MLflow ``pt2``) is loaded from MLflow and exported with
+``torch.onnx.export`` (the dynamo exporter, opset 18, dynamic batch). ONNX Runtime on the
+CPU must then reproduce torch's outputs on the run's validation batch within
+``|onnx - torch| <= ATOL + RTOL * |torch|``; only then is the file logged to the same run
+under ``onnx/``, with the check's figures in the ``podrun.onnx`` tag.
+
+Imported only by ``podrun export`` (it imports torch).
+
+- ResNet: one graph, ``images [batch, 3, H, W] -> logits [batch, classes]``.
+- Transformer: two graphs. ``encoder``: ``src [batch, src_len] -> memory``;
+  ``decoder_step``: ``prefix [batch, prefix_len], memory, src -> log_probs [batch, vocab]``,
+  the next token's log-probabilities given the target prefix. The step re-reads the whole
+  prefix (no key/value cache) and the search loop (greedy or beam) stays in the caller.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from orchestrator.errors import PodrunError
+
+OPSET = 18
+ATOL, RTOL = 1e-4, 1e-3
+ONNX_TAG = "podrun.onnx"
+MAX_TOKENS = "max_positions"
+
+
+class ExportError(PodrunError):
+    """The run has no model, or the ONNX file does not match torch."""
+
+
+def trtexec_line(onnx_file: Path, input_name: str, shape: tuple[int, ...]) -> str:
+    """The ``trtexec`` command that builds a TensorRT engine (FP16, batch 1 to 128) from an exported image model."""
+    dims = "x".join(str(d) for d in shape[1:])
+    return (f"trtexec --onnx={onnx_file} --saveEngine={onnx_file.with_suffix('.plan')} --fp16 "
+            f"--minShapes={input_name}:1x{dims} --optShapes={input_name}:32x{dims} "
+            f"--maxShapes={input_name}:128x{dims}")
+
+
+def find_tracking_uri(run_id: str, explicit: str | None) -> str:
+    """``--tracking-uri``, else the store of the podrun job that made ``run_id``, else ``$MLFLOW_TRACKING_URI``."""
+    import os
+
+    from jobs.checkpoint_index import read_run_info
+    from orchestrator.jobstore import list_records
+    from orchestrator.resolve import podrun_home
+
+    if explicit:
+        return explicit
+    for record in list_records(podrun_home()):
+        if read_run_info(Path(record.checkpoint_dir)).get("mlflow_run_id") == run_id:
+            return record.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    raise ExportError(f"no podrun job under {podrun_home()} made MLflow run {run_id}: "
+                      "pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
+
+
+def export_onnx(run_id: str, tracking_uri: str, output: Path) -> list[str]:
+    """Export the run's model to ONNX files in ``output``, check them and log them; return report lines.
+
+    Raises:
+        ExportError: the run does not exist or has no logged model, or ONNX Runtime disagrees with torch.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from jobs.model_registry import MODEL_TAG, MODEL_URI_TAG
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ExportError(f"MLflow run {run_id} not found at {tracking_uri} ({exc.error_code})") from None
+    model_uri = run.data.tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        why = run.data.tags.get(MODEL_TAG, "the target was not reached, or registry: false")
+        raise ExportError(f"run {run_id} has no logged model ({why})")
+    with tempfile.TemporaryDirectory(prefix="podrun-export-") as tmp:
+        try:
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+            meta = mlflow.models.Model.load(str(folder / "MLmodel")).metadata["podrun"]
+        except (MlflowException, OSError, KeyError, TypeError) as exc:
+            raise ExportError(f"cannot load {model_uri} of run {run_id}: {str(exc).splitlines()[0][:200]}") from None
+        files, checks = _export(folder, meta, run.data.params.get("recipe", "model"), output)
+        shapes = [tuple(array.shape) for array in _validation_batch(folder, meta)]
+    for path in files:
+        client.log_artifact(run_id, str(path), "onnx")
+    worst = max(diff for _, diff, _ in checks)
+    client.set_tag(run_id, ONNX_TAG, f"{', '.join(p.name for p in files)}: opset {OPSET}, dynamic batch, "
+                                     f"max |onnx - torch| {worst:.2e} (atol {ATOL:g}, rtol {RTOL:g})")
+    lines = [f"{path}: max |onnx - torch| {diff:.2e} on {rows} validation rows" for path, diff, rows in checks]
+    if meta["arch"] != "transformer":  # one image input: the TensorRT engine is one command away
+        lines.append(f"TensorRT (FP16 engine, on the GPU machine): {trtexec_line(files[0], 'images', shapes[0])}")
+    return lines
+
+
+def _validation_batch(folder: Path, meta: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    from jobs.model_inputs import load_validation_batch
+
+    return load_validation_batch(folder / "extra_files" / "model-inputs.npz", meta["arch"])
+
+
+def _export(folder: Path, meta: dict[str, Any], name: str, output: Path) -> tuple[list[Path], list]:
+    program = torch.export.load(str(folder / "data" / "model.pt2"))
+    inputs = _validation_batch(folder, meta)
+    output.mkdir(parents=True, exist_ok=True)
+    if meta["arch"] == "transformer":
+        return _export_transformer(program, meta, inputs, name, output)
+    path = output / f"{name}.onnx"
+    torch.onnx.export(program, tuple(torch.from_numpy(a) for a in inputs), str(path), dynamo=True,
+                      opset_version=OPSET, input_names=["images"], output_names=["logits"])
+    expected = program.module()(torch.from_numpy(inputs[0])).detach().numpy()
+    diff = _check(path, {"images": inputs[0]}, expected)
+    return [path], [(path, diff, len(inputs[0]))]
+
+
+def _export_transformer(program: Any, meta: dict[str, Any], inputs: tuple, name: str,
+                        output: Path) -> tuple[list[Path], list]:
+    from torch.export import Dim
+
+    from jobs.model_registry import build_model
+
+    model = build_model("transformer", meta["model_config"], dict(program.state_dict))
+    encoder, step = TransformerEncoder(model).eval(), TransformerDecoderStep(model).eval()
+    src, tgt_in = (torch.from_numpy(array) for array in inputs)
+    limit = meta["model_config"][MAX_TOKENS]
+    batch, src_len, prefix_len = Dim("batch"), Dim("src_len", max=limit), Dim("prefix_len", max=limit)
+    with torch.no_grad():
+        memory = encoder(src)
+        log_probs = step(tgt_in, memory, src)
+    enc_path, step_path = output / f"{name}-encoder.onnx", output / f"{name}-decoder_step.onnx"
+    torch.onnx.export(encoder, (src,), str(enc_path), dynamo=True, opset_version=OPSET,
+                      dynamic_shapes=({0: batch, 1: src_len},), input_names=["src"], output_names=["memory"])
+    torch.onnx.export(step, (tgt_in, memory, src), str(step_path), dynamo=True, opset_version=OPSET,
+                      dynamic_shapes=({0: batch, 1: prefix_len}, {0: batch, 1: src_len}, {0: batch, 1: src_len}),
+                      input_names=["prefix", "memory", "src"], output_names=["log_probs"])
+    enc_diff = _check(enc_path, {"src": inputs[0]}, memory.numpy())
+    step_diff = _check(step_path, {"prefix": inputs[1], "memory": memory.numpy(), "src": inputs[0]},
+                       log_probs.numpy())
+    rows = len(inputs[0])
+    return [enc_path, step_path], [(enc_path, enc_diff, rows), (step_path, step_diff, rows)]
+
+
+def _check(path: Path, feeds: dict[str, Any], expected: Any) -> float:
+    """Run ``path`` in ONNX Runtime (CPU); return the largest difference to ``expected``.
+
+    Raises:
+        ExportError: a value differs by more than ``ATOL + RTOL * |expected|``.
+    """
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, feeds)[0]
+    diff = float(np.abs(got - expected).max())
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=RTOL, atol=ATOL):
+        raise ExportError(f"{path.name}: ONNX Runtime differs from torch (max {diff:.2e}, shapes {got.shape} "
+                          f"vs {expected.shape}); the file is kept in {path.parent} but not logged")
+    return diff
+
+
+class TransformerEncoder(nn.Module):
+    """``src [B, S]`` to the encoder output ``memory [B, S, D]``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(src)[0]
+
+
+class TransformerDecoderStep(nn.Module):
+    """Log-probabilities ``[B, vocab]`` of the token after ``prefix [B, T]``, given ``memory`` and ``src``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, prefix: torch.Tensor, memory: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        mask = model.padding_mask(src)
+        x = model.embed_tokens(prefix, model.decoder_embed)
+        for layer in model.decoder:
+            x = layer(x, memory, mask)
+        return torch.log_softmax(model.logits(model.decoder_norm(x[:, -1])).float(), dim=-1)
