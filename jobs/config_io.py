@@ -40,8 +40,11 @@ class StrictModel(BaseModel):
 # --------------------------------------------------------------------------- reading
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, *, expand: bool = True) -> dict[str, Any]:
     """Read a YAML mapping and expand ``${VAR}`` references in its strings (``env`` mappings excepted).
+
+    ``expand=False`` reads it as written (a resolved job: the launcher expanded it already,
+    and what is left, such as the reproducing command line, must stay as it is).
 
     Raises:
         ConfigError: the file is missing, is not valid YAML or is not a mapping; or it is
@@ -54,7 +57,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
-    return expand_env(data)
+    return expand_env(data) if expand else data
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

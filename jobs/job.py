@@ -97,7 +97,7 @@ def load_resolved(path: Path) -> ResolvedJob:
     Raises:
         ConfigError: the file is missing or does not match this version of podrun.
     """
-    return validate(ResolvedJob, read_yaml(path), str(path))
+    return validate(ResolvedJob, read_yaml(path, expand=False), str(path))  # as the launcher wrote it
 
 
 def dump_resolved(job: ResolvedJob) -> str:

@@ -134,7 +134,14 @@ def remember_start(directory: Path, clock: PhaseClock) -> None:
 
 
 def remember_end(directory: Path, phases: dict[str, float], now: float) -> None:
-    """Rank 0, at the end of an attempt: the phase totals and when they were taken, in ``run.json``."""
+    """Rank 0, at the end of an attempt: the phase totals and when they were taken, in ``run.json``.
+
+    Bookkeeping only: a full disk (the reason a checkpoint just failed, say) costs the phase
+    record a warning, never the job's own exit code.
+    """
     from jobs.checkpoint_index import update_run_info
 
-    update_run_info(directory, phases=phases, phases_at=now)
+    try:
+        update_run_info(directory, phases=phases, phases_at=now)
+    except OSError as exc:
+        print(f"[phases] warning: could not record the phase totals in {directory}: {exc}", flush=True)

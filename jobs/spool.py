@@ -122,6 +122,10 @@ class Spool:
 RECORD_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "start": {}, "params": {"params": dict}, "tags": {"tags": dict}, "end": {"status": str},
     "metrics": {"metrics": dict, "step": int, "timestamp": int}, "artifact": {"src": str},
+    # the run page's records (jobs.dataset_inputs, .model_registry, .run_page), sent after run_stop
+    "dataset": {"name": str, "context": str, "paths": list},
+    "model": {"checkpoint": str, "inputs": str, "arch": str, "model_config": dict, "name": str},
+    "run_page": {"metric": str, "unit": str, "code": int, "command": str},
 }
 
 

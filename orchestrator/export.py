@@ -18,6 +18,7 @@ Imported only by ``podrun export`` (it imports torch).
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,13 @@ MAX_TOKENS = "max_positions"
 
 class ExportError(PodrunError):
     """The run has no model, or the ONNX file does not match torch."""
+
+
+def require_onnx() -> None:
+    """Raises :class:`ExportError` (one line: how to install them) when the ONNX packages are missing."""
+    missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"podrun export needs {', '.join(missing)}: pip install 'podrun[export]'")
 
 
 def trtexec_line(onnx_file: Path, input_name: str, shape: tuple[int, ...]) -> str:
@@ -69,8 +77,10 @@ def export_onnx(run_id: str, tracking_uri: str, output: Path) -> list[str]:
     """Export the run's model to ONNX files in ``output``, check them and log them; return report lines.
 
     Raises:
-        ExportError: the run does not exist or has no logged model, or ONNX Runtime disagrees with torch.
+        ExportError: the run does not exist or has no logged model, or ONNX Runtime disagrees with torch;
+            or the ONNX packages are not installed.
     """
+    require_onnx()
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -32,7 +32,8 @@ from tests.waiting import wait_for_text, wait_until
 REPO = Path(__file__).resolve().parent.parent
 STEPS_PER_EPOCH = 8
 SETTINGS = ["--set", "train.epochs=2", "--set", "eval.target=1.0", "--set", "data.backend=synthetic",
-            "--set", "data.synthetic_samples=512", "--set", "train.log_every=1"]
+            "--set", "data.synthetic_samples=512", "--set", "train.log_every=1",
+            "--set", "train.stop_check_every=1"]  # a fault injected at a known step is seen at that step
 LOCAL_JOB = ["resnet50:tiny", "--set", "tasks_per_node=2", *SETTINGS]
 
 

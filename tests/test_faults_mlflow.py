@@ -19,9 +19,9 @@ from jobs import exit_codes
 from jobs.checkpoint_index import read_run_info
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records
-from tests import test_tracking
 from tests.faults import LOCAL_JOB, STEPS_PER_EPOCH, assert_same_result
-from tests.test_tracking import MlflowServer
+from tests.fixtures import mlflow_server
+from tests.fixtures.mlflow_server import MlflowServer
 from tests.waiting import wait_for_text, wait_state, wait_until
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def last_logged_step(log: Path) -> int:
 
 
 def test_mlflow_outages_lose_nothing(podrun_home, capsys, tmp_path, monkeypatch, reference):
-    monkeypatch.setattr(test_tracking, "SERVER_START_TIMEOUT_S", 300)  # it starts twice, on a busy machine
+    monkeypatch.setattr(mlflow_server, "SERVER_START_TIMEOUT_S", 300)  # it starts twice, on a busy machine
     server = MlflowServer(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.setenv("PODRUN_MLFLOW_RETRY_S", "2")
