@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import socket
 from pathlib import Path
 
 import pytest
@@ -144,22 +143,6 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(local_env, capsy
     assert run.data.tags["attempts"] == "2" and run.data.tags["resumed_from"].startswith("ckpt-")
     epochs = [m.step for m in client.get_metric_history(run.info.run_id, "eval_top1")]
     assert epochs == [1, 2, 3]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_unreachable_tracking_server_does_not_stop_training(local_env, capsys, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
-    assert main(["launch", JOB]) == exit_codes.SUCCESS
-    out = capsys.readouterr().out
-    assert "[done] reached target" in out and "podrun sync" in out
-    record = only_record(local_env)
-    spool = Path(record.job_dir) / "mlflow-spool"
-    assert spool.is_dir() and any(spool.iterdir())
 
 
 def test_status_logs_and_runs_on_a_detached_job(local_env, capsys):
