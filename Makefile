@@ -9,6 +9,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= data
 TORCH  ?= torch==2.13.0
+# Two xdist workers; the tests on the shared Slurm cluster stay on one worker and those on
+# the shared Ray cluster on one (tests/conftest.py groups them). Serial: PYTEST_ARGS=-p no:xdist
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: demo test lint setup bench clean ui horovod
 
