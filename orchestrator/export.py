@@ -102,8 +102,8 @@ def export_onnx(run_id: str, tracking_uri: str, output: Path) -> list[str]:
             meta = mlflow.models.Model.load(str(folder / "MLmodel")).metadata["podrun"]
         except (MlflowException, OSError, KeyError, TypeError) as exc:
             raise ExportError(f"cannot load {model_uri} of run {run_id}: {str(exc).splitlines()[0][:200]}") from None
-        files, checks = _export(folder, meta, run.data.params.get("recipe", "model"), output)
-        shapes = [tuple(array.shape) for array in _validation_batch(folder, meta)]
+        inputs = _validation_batch(folder, meta)
+        files, checks = _export(folder, meta, inputs, run.data.params.get("recipe", "model"), output)
     for path in files:
         client.log_artifact(run_id, str(path), "onnx")
     worst = max(diff for _, diff, _ in checks)
@@ -111,7 +111,7 @@ def export_onnx(run_id: str, tracking_uri: str, output: Path) -> list[str]:
                                      f"max |onnx - torch| {worst:.2e} (atol {ATOL:g}, rtol {RTOL:g})")
     lines = [f"{path}: max |onnx - torch| {diff:.2e} on {rows} validation rows" for path, diff, rows in checks]
     if meta["arch"] != "transformer":  # one image input: the TensorRT engine is one command away
-        lines.append(f"TensorRT (FP16 engine, on the GPU machine): {trtexec_line(files[0], 'images', shapes[0])}")
+        lines.append(f"TensorRT (FP16 engine, on the GPU machine): {trtexec_line(files[0], 'images', inputs[0].shape)}")
     return lines
 
 
@@ -121,9 +121,9 @@ def _validation_batch(folder: Path, meta: dict[str, Any]) -> tuple[np.ndarray, .
     return load_validation_batch(folder / "extra_files" / "model-inputs.npz", meta["arch"])
 
 
-def _export(folder: Path, meta: dict[str, Any], name: str, output: Path) -> tuple[list[Path], list]:
+def _export(folder: Path, meta: dict[str, Any], inputs: tuple[np.ndarray, ...], name: str,
+            output: Path) -> tuple[list[Path], list]:
     program = torch.export.load(str(folder / "data" / "model.pt2"))
-    inputs = _validation_batch(folder, meta)
     output.mkdir(parents=True, exist_ok=True)
     if meta["arch"] == "transformer":
         return _export_transformer(program, meta, inputs, name, output)
