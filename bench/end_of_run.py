@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pythonpath import with_repo  # bench/pythonpath.py, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 MODELS = {  # name: (job reference, overrides, input arrays)
     "resnet50-tiny": ("resnet50:tiny", [], {"images": ((8, 3, 32, 32), "float32")}),
@@ -96,7 +98,8 @@ def child(kind: str, uri: str, run_id: str, record: dict) -> float:
 
 def timed(argv: list[str]) -> tuple[float, str]:
     started = time.perf_counter()
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True,
+                          env=os.environ | {"PYTHONPATH": with_repo(REPO)})
     if proc.returncode != 0:
         raise SystemExit(f"{argv[1:5]} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return time.perf_counter() - started, proc.stdout

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pythonpath import with_repo  # bench/pythonpath.py, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 32  # the tiny preset's per-rank batch
 
@@ -59,9 +61,9 @@ def main() -> int:
     args = parser.parse_args()
     repo = args.repo.resolve()
     home = Path(tempfile.mkdtemp(prefix="podrun-launch-bench-"))
-    env = dict(os.environ, PODRUN_HOME=str(home), PYTHONPATH=f"{repo}{os.pathsep}{REPO}")
+    env = dict(os.environ, PODRUN_HOME=str(home), PYTHONPATH=with_repo(repo, REPO))
     env.pop("MLFLOW_TRACKING_URI", None)
-    bare_env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    bare_env = dict(os.environ, PYTHONPATH=with_repo(REPO), OMP_NUM_THREADS="1")
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}; podrun at {repo}")
     print("# warming up: creating the MLflow store and the caches", flush=True)
     timed(podrun_command(repo, 1, args.steps), repo, env)

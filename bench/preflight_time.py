@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pythonpath import with_repo  # bench/pythonpath.py, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 PHASE = re.compile(r"preflight (?:all nodes passed|\d+ of \d+ node\(s\) FAILED) in ([0-9.]+) s")
 
@@ -50,7 +52,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     home = tempfile.mkdtemp(prefix="podrun-bench-preflight-")
-    env = {**os.environ, "PODRUN_HOME": home, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PODRUN_HOME": home, "PYTHONPATH": with_repo(REPO)}
     slurm = ["resnet50:tiny", "--cluster-file", args.cluster_file, *sum((["--set", s] for s in args.sets), []),
              "--set", "tasks_per_node=1"]
     local = ["resnet50:tiny", "--backend", "local", "--set", "cluster=local", "--set", "tasks_per_node=2"]

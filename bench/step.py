@@ -37,6 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.pythonpath import with_repo  # noqa: E402
 from jobs.errors import PodrunError  # noqa: E402
 
 MODELS: dict[str, tuple[str, list[str]]] = {
@@ -130,7 +131,7 @@ def run_row(row: dict[str, Any], args: argparse.Namespace, home: Path) -> dict[s
     except PodrunError as exc:
         return {**row, "error": f"podrun refuses: {exc}"}
     out = config.parent / "bench.json"
-    env = dict(os.environ, PODRUN_HOME=str(home), PYTHONPATH=str(REPO), PODRUN_DATA=str(args.data))
+    env = dict(os.environ, PODRUN_HOME=str(home), PYTHONPATH=with_repo(REPO), PODRUN_DATA=str(args.data))
     proc = subprocess.run(worker_command(row, config, out, args), cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=args.row_timeout)
     (config.parent / "bench.log").write_text(proc.stdout)

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pythonpath import with_repo  # bench/pythonpath.py, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -79,7 +81,7 @@ def steps_child(steps: int) -> float:
 
 def child(argv: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, __file__, "--child", *argv], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                            env=os.environ | {"PYTHONPATH": str(REPO)})
+                            env=os.environ | {"PYTHONPATH": with_repo(REPO)})
 
 
 def result(proc: subprocess.Popen) -> dict:
