@@ -20,7 +20,7 @@ import pytest
 
 from jobs import exit_codes
 from jobs.checkpoint_index import checkpoint_problem, list_checkpoints
-from orchestrator.backends.local import RANK_GRACE_S
+from orchestrator.backends.local import RANK_GRACE_S, pid_alive
 from orchestrator.cli import main
 from orchestrator.jobstore import list_records
 from tests.faults import (
@@ -118,7 +118,8 @@ def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(podrun_
                              cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: list_records(podrun_home), "the job record", 120)
     first = list_records(podrun_home)[0]
-    wait_for_step(Path(first.job_dir) / "logs" / "rank0.log", 2, 2)
+    # Early in epoch 1, so that the two resumes below still have steps to train when they are hurt.
+    wait_for_step(Path(first.job_dir) / "logs" / "rank0.log", 1, 2)
     os.killpg(shell.pid, signal.SIGINT)
     line, _ = wait_ended(first.job_id, capsys, timeout=RANK_GRACE_S + 60)
     assert "CANCELLED" in line, line
@@ -131,7 +132,7 @@ def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(podrun_
     second = wait_until(lambda: next((r for r in list_records(podrun_home) if r.job_id != first.job_id), None),
                         "the second job", 120)
     wait_for_text(Path(second.job_dir) / "logs" / "rank0.log", f"[resume] {saved.name}")
-    wait_for_text(Path(second.job_dir) / "logs" / "rank0.log", "[train] epoch 2/2 step ")
+    wait_for_text(Path(second.job_dir) / "logs" / "rank0.log", "[train] epoch ")
     kill(cli.pid)
     cli.wait()
     line, _ = wait_ended(second.job_id, capsys, timeout=RANK_GRACE_S + 60)
@@ -142,13 +143,21 @@ def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(podrun_
     #    then its supervisor is killed: the ranks checkpoint and stop, and status says so.
     assert main(["launch", *LOCAL_JOB, "--resume", "--detach"]) == 0
     third = list_records(podrun_home)[0]
-    wait_for_text(Path(third.job_dir) / "logs" / "rank0.log", "[train] epoch 2/2 step ")
+    wait_for_text(Path(third.job_dir) / "logs" / "rank0.log", "[train] epoch ")  # its signal handlers are in
+    # Hold the ranks while the lock is checked and the supervisor dies: the job's last steps
+    # take a second, and on a loaded box they could end it first (then there is nothing to stop).
+    ranks = rank_pids(third.job_dir)
+    for pid in ranks:
+        kill(pid, signal.SIGSTOP)
     capsys.readouterr()
     assert main(["launch", *LOCAL_JOB, "--resume"]) == exit_codes.IN_USE
     err = capsys.readouterr().err.strip()
     assert f"is in use by job {third.job_id}" in err and f"podrun cancel {third.job_id}" in err, err
     assert len(err.splitlines()) == 1
     kill(int(third.native_id))
+    wait_until(lambda: not pid_alive(int(third.native_id)), "the supervisor to die", 30)
+    for pid in ranks:  # the SIGTERM of PR_SET_PDEATHSIG is pending; it lands now
+        kill(pid, signal.SIGCONT)
     line, _ = wait_ended(third.job_id, capsys, timeout=RANK_GRACE_S + 60)
     assert "PREEMPTED" in line and "the supervisor is gone" in line, line
     assert_nothing_left(third.job_dir)
