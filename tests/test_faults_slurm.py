@@ -44,15 +44,16 @@ class QuickRequeueCluster(SlurmCluster):
     """A Slurm cluster whose requeued jobs start again after 20 s, not 2 minutes.
 
     Slurm holds a requeued batch job for the credential lifetime (``AuthInfo=cred_expire``,
-    120 s by default): a job forced to start sooner is killed ("Job credential revoked").
+    120 s by default, 30 s on the shared test cluster): a job forced to start sooner is killed
+    ("Job credential revoked").
     Its job ids start at 10000: ranks take MASTER_PORT from the job id, and the suite's
     shared cluster, on the same host under xdist, counts its own ids from 1.
     """
 
     def _write_conf(self) -> None:
         super()._write_conf()
-        with open(self.conf_path, "a") as conf:
-            conf.write("AuthInfo=cred_expire=20\nFirstJobId=10000\n")
+        conf = self.conf_path.read_text().replace("AuthInfo=cred_expire=30", "AuthInfo=cred_expire=20")
+        self.conf_path.write_text(conf + "FirstJobId=10000\n")
 
 
 @pytest.fixture

@@ -87,6 +87,7 @@ def test_the_run_page_shows_result_data_model_and_system_metrics(local_env, serv
 
     page.get_by_role("tab", name="Model metrics").click()
     page.get_by_text("resnet50-tiny (result/eval_top1)").first.wait_for()
+    page.get_by_text("resnet50-tiny (best_metric)").first.wait_for()  # the charts render one after another
     charts = page.locator("body").inner_text()
     assert charts.index("resnet50-tiny (result/eval_top1)") < charts.index("resnet50-tiny (best_metric)")  # first
 
