@@ -41,19 +41,14 @@ def slurm_log(record) -> Path:
 
 
 class QuickRequeueCluster(SlurmCluster):
-    """A Slurm cluster whose requeued jobs start again after 20 s, not 2 minutes.
+    """A Slurm cluster whose requeued jobs start again after 20 s (the shared one: 30 s).
 
-    Slurm holds a requeued batch job for the credential lifetime (``AuthInfo=cred_expire``,
-    120 s by default, 30 s on the shared test cluster): a job forced to start sooner is killed
-    ("Job credential revoked").
     Its job ids start at 10000: ranks take MASTER_PORT from the job id, and the suite's
     shared cluster, on the same host under xdist, counts its own ids from 1.
     """
 
-    def _write_conf(self) -> None:
-        super()._write_conf()
-        conf = self.conf_path.read_text().replace("AuthInfo=cred_expire=30", "AuthInfo=cred_expire=20")
-        self.conf_path.write_text(conf + "FirstJobId=10000\n")
+    cred_expire_s = 20
+    first_job_id = 10000
 
 
 @pytest.fixture
