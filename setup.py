@@ -2,7 +2,7 @@
 
 ``cluster.yaml``, ``recipes/`` and ``slurm/`` stay at the top of the repository (the
 product's layout); the wheel carries them as ``orchestrator/_bundled/``, where
-:mod:`orchestrator.paths` reads them through ``importlib.resources``. An editable install
+:mod:`orchestrator.spec.paths` reads them through ``importlib.resources``. An editable install
 reads them in place instead. The sdist carries them through MANIFEST.in.
 """
 

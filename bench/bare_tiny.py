@@ -14,8 +14,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from jobs.models.config import ResNetConfig
 from jobs.models.resnet import build_resnet
-from jobs.recipe import ModelConfig
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=10)
@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 world = int(os.environ.get("WORLD_SIZE", "1"))
 if world > 1:
     dist.init_process_group("gloo")
-model = build_resnet(ModelConfig(layers=[1, 1, 1, 1], width=16, num_classes=10, small_stem=True))
+model = build_resnet(ResNetConfig(layers=[1, 1, 1, 1], width=16, num_classes=10, small_stem=True))
 model = model.to(memory_format=torch.channels_last)
 train_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.875)

@@ -7,9 +7,9 @@ For each model, fresh weights are written as a final checkpoint and a run with a
 realistic metric history is created in a fresh sqlite store. Then, in a fresh process
 each time (as rank 0's sender is one, with MLflow already imported), it times:
 
-- ``model``: :func:`jobs.model_registry.log_trained_model` (load the checkpoint, build the
+- ``model``: :func:`jobs.tracking.model_registry.log_trained_model` (load the checkpoint, build the
   model, ``torch.export``, upload, register, version description);
-- ``run_page``: :func:`jobs.run_page.publish_run_page` (read the run back, description, 3 PNG charts);
+- ``run_page``: :func:`jobs.tracking.run_page.publish_run_page` (read the run back, description, 3 PNG charts);
 - ``export``: ``podrun export RUN_ID --format onnx`` as a user runs it (a whole process).
 
 Rounds alternate between the models; min/median/max are reported with the load average.
@@ -41,25 +41,18 @@ def make_run(name: str, folder: Path, uri: str) -> tuple[str, dict]:
     """A finished run of ``name`` (metrics of 40 epochs) and its model record."""
     import numpy as np
 
-    from jobs import exit_codes
-    from jobs.checkpoint import save_checkpoint
-    from jobs.model_registry import model_record
-    from jobs.run_page import run_page_record
-    from jobs.run_tracking import job_params
-    from jobs.tracker import Tracker
-    from orchestrator.resolve import load_job
+    from jobs.contract import exit_codes
+    from jobs.rank.checkpoint import save_checkpoint
+    from jobs.tracking.model_registry import model_record
+    from jobs.tracking.run_page import run_page_record
+    from jobs.tracking.run_tracking import job_params
+    from jobs.tracking.tracker import Tracker
+    from orchestrator.spec.resolve import load_job
 
     ref, sets, arrays = MODELS[name]
     os.environ["MLFLOW_TRACKING_URI"] = uri
     job = load_job(ref, sets).job
-    if job.recipe.model.arch == "transformer":
-        from jobs.models.transformer import build_transformer
-
-        model = build_transformer(job.recipe.model, vocab_size=320, pad_id=0)
-    else:
-        from jobs.models.resnet import build_resnet
-
-        model = build_resnet(job.recipe.model)
+    model = job.recipe.task_class().model_for(job.recipe)
     rng = np.random.default_rng(0)
     inputs = {key: (rng.normal(size=shape).astype(dtype) if dtype == "float32" else rng.integers(4, 320, shape))
               for key, (shape, dtype) in arrays.items()}
@@ -74,7 +67,7 @@ def make_run(name: str, folder: Path, uri: str) -> tuple[str, dict]:
     tracker.log_metrics({"time_to_train_s": 600.0, "reached_target": 1.0}, step=1000)
     tracker.finish("FINISHED")
     record = model_record(job, checkpoint, folder / "model-inputs.npz", f"bench {name}")
-    page = run_page_record(job, "bleu" if "transformer" in name else "top1", "img", exit_codes.SUCCESS)
+    page = run_page_record(job, exit_codes.SUCCESS)
     return tracker.run_id, {"model": record, "run_page": page}
 
 
@@ -86,11 +79,11 @@ def child(kind: str, uri: str, run_id: str, record: dict) -> float:
     client.get_run(run_id)  # the store is open, as in the sender
     started = time.perf_counter()
     if kind == "model":
-        from jobs.model_registry import log_trained_model
+        from jobs.tracking.model_registry import log_trained_model
 
         log_trained_model(client, run_id, uri, record)
     else:
-        from jobs.run_page import publish_run_page
+        from jobs.tracking.run_page import publish_run_page
 
         publish_run_page(client, run_id, record)
     return time.perf_counter() - started

@@ -8,7 +8,7 @@ warm-up in the same run; rounds alternate between the pipelines and medians are 
     python bench/input_pipeline.py --data data/imagenet --threads 2 --batch 64 --batches 30
 
 Without ``--data`` it first writes ImageNet-sized (500x375) photo-like JPEGs into a
-temporary folder with :func:`orchestrator.datasets.write_synthetic`.
+temporary folder with :func:`orchestrator.datasets.images.write_synthetic`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.data.images import ImageLoader, build_loader  # noqa: E402
-from jobs.recipe import DataConfig  # noqa: E402
-from orchestrator.datasets import write_synthetic  # noqa: E402
+from jobs.data.config import ImageDataConfig  # noqa: E402
+from jobs.data.image_loader import build_loader
+from jobs.data.images import ImageLoader  # noqa: E402
+from orchestrator.datasets.images import write_synthetic  # noqa: E402
 from orchestrator.errors import PodrunError  # noqa: E402
 
 
@@ -64,7 +65,7 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(cfg: DataConfig, data: Path, args: argparse.Namespace, device: torch.device,
+def measure(cfg: ImageDataConfig, data: Path, args: argparse.Namespace, device: torch.device,
             classes: int) -> float:
     """Images per second of the train pipeline over ``args.batches`` batches after warm-up."""
     loader = build_loader(cfg, "train", data_dir=data, rank=0, world_size=1, batch_size=args.batch, seed=0,
@@ -106,16 +107,16 @@ def prepare_data(args: argparse.Namespace, scratch: Path) -> Path:
     return scratch
 
 
-def pipelines(args: argparse.Namespace) -> dict[str, tuple[DataConfig, torch.device]]:
+def pipelines(args: argparse.Namespace) -> dict[str, tuple[ImageDataConfig, torch.device]]:
     """The pipelines to compare on this machine, by result key."""
     common = dict(image_size=args.image_size, workers=args.threads)
     cpu = torch.device("cpu")
     found = {
-        "pillow_img_s": (DataConfig(backend="torch", **common), cpu),
-        "dali_cpu_img_s": (DataConfig(backend="dali", dali_device="cpu", **common), cpu),
+        "pillow_img_s": (ImageDataConfig(backend="torch", **common), cpu),
+        "dali_cpu_img_s": (ImageDataConfig(backend="dali", dali_device="cpu", **common), cpu),
     }
     if torch.cuda.is_available():
-        gpu = DataConfig(backend="dali", dali_device="gpu", **common)
+        gpu = ImageDataConfig(backend="dali", dali_device="gpu", **common)
         found["dali_mixed_img_s"] = (gpu, torch.device("cuda", 0))
     return found
 

@@ -1,8 +1,8 @@
-"""What phase accounting (jobs/phases.py) costs the training loop.
+"""What phase accounting (jobs/rank/phases.py) costs the training loop.
 
     python bench/phase_overhead.py --steps 200 --repeats 5
 
-The only per-step work it adds is :meth:`jobs.phases.PhaseClock.waiting` around the
+The only per-step work it adds is :meth:`jobs.rank.phases.PhaseClock.waiting` around the
 loader (two ``perf_counter`` calls and a generator hop per batch); eval and checkpoint
 timing happen once per epoch. Two measurements:
 
@@ -21,9 +21,9 @@ import time
 
 import torch
 
+from jobs.models.config import ResNetConfig
 from jobs.models.resnet import build_resnet
-from jobs.phases import PhaseClock
-from jobs.recipe import ModelConfig
+from jobs.rank.phases import PhaseClock
 
 
 def wrapper_ns(items: int) -> tuple[float, float]:
@@ -62,7 +62,7 @@ def main() -> None:
     torch.set_num_threads(1)
     plain, wrapped = wrapper_ns(args.items)
     print(f"wrapper alone: {plain:.0f} ns/item plain, {wrapped:.0f} ns/item wrapped (+{wrapped - plain:.0f} ns)")
-    model = build_resnet(ModelConfig(layers=[1, 1, 1, 1], width=16, num_classes=10, small_stem=True))
+    model = build_resnet(ResNetConfig(layers=[1, 1, 1, 1], width=16, num_classes=10, small_stem=True))
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.875)
     batches = [(torch.randn(32, 3, 32, 32).contiguous(memory_format=torch.channels_last),

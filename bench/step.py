@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.pythonpath import with_repo  # noqa: E402
-from jobs.errors import PodrunError  # noqa: E402
+from jobs.contract.errors import PodrunError  # noqa: E402
 
 MODELS: dict[str, tuple[str, list[str]]] = {
     "resnet-tiny": ("resnet50:tiny", ["data.backend=synthetic"]),
@@ -106,8 +106,8 @@ def resolve(row: dict[str, Any], args: argparse.Namespace) -> Path:
     Raises:
         PodrunError: podrun refuses the mode on this device (the one-line reason).
     """
-    from jobs.job import CONFIG_FILE, write_resolved
-    from orchestrator.resolve import load_job
+    from jobs.contract.job import CONFIG_FILE, write_resolved
+    from orchestrator.spec.resolve import load_job
 
     ref = MODELS[row["model"]][0]
     job = load_job(ref, settings(row, args, stop_check_every=args.stop_check_every)).job
@@ -171,7 +171,7 @@ def machine() -> str:
 
 def ensure_toy_corpus(data: Path) -> None:
     if not (data / "translation-toy" / "train.en").is_file():
-        from orchestrator.translation_toy import write_translation_toy
+        from orchestrator.datasets.translation_toy import write_translation_toy
 
         write_translation_toy(data / "translation-toy", overwrite=True)
 

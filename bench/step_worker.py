@@ -27,12 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bare_step import OPTIMIZERS, bare_model, bare_steps  # noqa: E402
-from jobs import exit_codes  # noqa: E402
-from jobs.job import ResolvedJob, load_resolved  # noqa: E402
-from jobs.placement import detect_rank_env  # noqa: E402
-from jobs.precision import AMP_DTYPES  # noqa: E402
+from jobs.contract import exit_codes  # noqa: E402
+from jobs.contract.job import ResolvedJob, load_resolved  # noqa: E402
+from jobs.contract.placement import detect_rank_env  # noqa: E402
+from jobs.rank.precision import AMP_DTYPES  # noqa: E402
 from jobs.run import rank_device  # noqa: E402
-from jobs.run_tracking import open_tracker  # noqa: E402
+from jobs.tracking.run_tracking import open_tracker  # noqa: E402
 from jobs.train import Trainer  # noqa: E402
 
 
@@ -55,7 +55,7 @@ class BareLoop:
         recipe = job.recipe
         torch.manual_seed(recipe.train.seed)
         model = trainer.task.build_model().to(device)
-        if recipe.train.channels_last and recipe.model.arch == "resnet":
+        if recipe.train.channels_last:  # as jobs.train (a no-op on the Transformer's weights)
             model = model.to(memory_format=torch.channels_last)
         self.model = bare_model(model, job.world_size, recipe.train.compile,
                                 True if trainer.task.varying_shapes else None)
@@ -67,7 +67,7 @@ class BareLoop:
                                                recipe.optim.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=recipe.train.precision == "amp-fp16")
         self.amp_dtype = AMP_DTYPES.get(recipe.train.precision)
-        self.translation = recipe.model.arch == "transformer"
+        self.translation = recipe.task == "translation"
         self.smoothing = recipe.train.label_smoothing
 
     def steps(self, batches: list) -> int:
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     info = detect_rank_env()
     device = rank_device(job, info)
     if info.world_size > 1:
-        from jobs.dist import init_distributed
+        from jobs.rank.dist import init_distributed
 
         init_distributed(info, device)
     tracker = open_tracker(job) if info.is_main else None

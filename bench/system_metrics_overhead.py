@@ -3,7 +3,7 @@
     python bench/system_metrics_overhead.py                # 1 s and 10 s intervals, 5 interleaved repeats
 
 A. CPU per sample: a process starts ``SystemMetricsMonitor`` (through
-   :func:`jobs.system_metrics.start_monitor`) on a run in a fresh sqlite store and sleeps;
+   :func:`jobs.tracking.system_metrics.start_monitor`) on a run in a fresh sqlite store and sleeps;
    its CPU time (all threads, ``getrusage``) over the window, divided by the samples taken,
    is what one sample (psutil reads + one ``log_batch``) costs. Divided by the interval it
    is the share of one core the monitor takes, the most it can slow a step that runs on
@@ -43,7 +43,7 @@ def monitor_child(uri: str, run_id: str, interval: float, window: float) -> dict
     """Run the monitor for ``window`` seconds in this process; its CPU seconds and sample count."""
     import mlflow  # noqa: F401 - imported before the measurement, as in the sender
 
-    from jobs.system_metrics import start_monitor, stop_monitor
+    from jobs.tracking.system_metrics import start_monitor, stop_monitor
 
     monitor = start_monitor(run_id, uri, "node_0", interval)  # set-up (once per run) is not counted
     before = resource.getrusage(resource.RUSAGE_SELF)
@@ -58,9 +58,9 @@ def steps_child(steps: int) -> float:
     """Median seconds of one training step of the tiny ResNet (one torch thread)."""
     import torch
 
-    from jobs.config_io import deep_merge, read_yaml
+    from jobs.contract.config_io import deep_merge, read_yaml
+    from jobs.contract.recipe import Recipe
     from jobs.models.resnet import build_resnet
-    from jobs.recipe import Recipe
 
     torch.set_num_threads(1)
     raw = read_yaml(REPO / "recipes" / "resnet50.yaml")

@@ -1,7 +1,7 @@
 """Training-step throughput of the transformer recipe (target tokens/s) on synthetic token batches.
 
 One step is what the training loop does per micro-batch and optimizer update: forward,
-label-smoothed loss (:func:`jobs.translation.label_smoothed_loss`), backward, AdamW.
+label-smoothed loss (:func:`jobs.tasks.translation.label_smoothed_loss`), backward, AdamW.
 The batch is ``max_tokens // length`` pairs of random tokens, ``length`` each side.
 Every run measures a baseline in the same process and reports the ratio: fp32 against
 ``--precision`` (default amp-bf16), or eager against ``--compile``. Rounds alternate
@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jobs.data.parallel_text import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
 from jobs.models.transformer import build_transformer  # noqa: E402
-from jobs.translation import label_smoothed_loss  # noqa: E402
-from orchestrator.resolve import load_recipe  # noqa: E402
+from jobs.tasks.translation import label_smoothed_loss  # noqa: E402
+from orchestrator.spec.resolve import load_recipe  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

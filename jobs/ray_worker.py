@@ -1,6 +1,6 @@
 """What each Ray Train worker runs: the shared per-rank code, reporting checkpoints to Ray.
 
-The Ray job's driver (:mod:`orchestrator.ray_job`) starts a ``TorchTrainer`` whose workers
+The Ray job's driver (:mod:`orchestrator.backends.ray_job`) starts a ``TorchTrainer`` whose workers
 run :func:`worker_main`: each becomes rank ``world_rank`` and runs :func:`jobs.run.run_rank`,
 as the local and Slurm paths do. Ray only starts the ranks, restarts them after a failure
 (``FailureConfig``), and keeps the checkpoints they report through :class:`RayHooks`.
@@ -16,18 +16,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from jobs import exit_codes
-from jobs.checkpoint_index import checksum_path
-from jobs.job import ResolvedJob
+from jobs.contract import exit_codes
+from jobs.contract.checkpoint_index import checksum_path
+from jobs.contract.job import ResolvedJob
+from jobs.rank.state import LoopState
 
 
 class RayHooks:
     """Report checkpoints and the outcome to Ray Train (every worker calls ``report``)."""
 
-    def checkpointed(self, path: Path | None, state: dict[str, Any]) -> None:
+    def checkpointed(self, path: Path | None, state: LoopState) -> None:
         import ray.train
 
-        metrics = {"epoch": state["epoch"], "global_step": state["global_step"], "best_metric": state["best_metric"]}
+        metrics = {"epoch": state.epoch, "global_step": state.global_step, "best_metric": state.best_metric}
         if path is None:
             ray.train.report(metrics)
             return
@@ -38,11 +39,11 @@ class RayHooks:
                 shutil.copy2(checksum_path(path), Path(staging) / checksum_path(path).name)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
 
-    def finished(self, code: int, state: dict[str, Any]) -> None:
+    def finished(self, code: int, state: LoopState) -> None:
         import ray.train
 
-        metrics = {"exit_code": code, "epoch": state["epoch"], "global_step": state["global_step"],
-                   "best_metric": state["best_metric"]}
+        metrics = {"exit_code": code, "epoch": state.epoch, "global_step": state.global_step,
+                   "best_metric": state.best_metric}
         if ray.train.get_context().get_world_rank() != 0:
             ray.train.report(metrics)
             return
@@ -56,7 +57,7 @@ def worker_main(config: dict[str, Any]) -> None:
     """One Ray Train worker: become rank ``world_rank`` and run the shared per-rank code."""
     import ray.train
 
-    from jobs.phases import mark_origin
+    from jobs.rank.phases import mark_origin
     from jobs.run import run_rank
 
     mark_origin()  # Ray reuses worker processes: the rank starts now, not at process start
@@ -91,7 +92,7 @@ class _reported_checkpoint:
 
 def horovod_worker(config: dict[str, Any]) -> int:
     """One Horovod worker under RayExecutor (which sets the HOROVOD_* contract)."""
-    from jobs.phases import mark_origin
+    from jobs.rank.phases import mark_origin
     from jobs.run import run_rank
 
     mark_origin()

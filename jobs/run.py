@@ -1,7 +1,7 @@
 """The per-rank entrypoint: ``python -m jobs.run CONFIG`` (a resolved job config).
 
 Every backend starts this module, once per rank; only how the rank environment is set
-differs (see :mod:`jobs.dist`).
+differs (see :mod:`jobs.rank.dist`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jobs import checkpoint_lock, exit_codes
-from jobs.errors import PodrunError
-from jobs.job import ResolvedJob, apply_array_task, apply_node_paths, load_resolved
-from jobs.placement import RankInfo, detect_rank_env, node_name
-from jobs.secret_filter import install_log_masking
+from jobs.contract import exit_codes
+from jobs.contract.errors import PodrunError
+from jobs.contract.job import ResolvedJob, apply_array_task, apply_node_paths, load_resolved
+from jobs.contract.placement import RankInfo, detect_rank_env, node_name
+from jobs.contract.secret_filter import install_log_masking
+from jobs.rank import checkpoint_lock
 
 
 def run_rank(job: ResolvedJob, hooks: Any = None, resume_from: Path | None = None) -> int:
@@ -45,11 +46,11 @@ def _tracked_rank(job: ResolvedJob, early: RankInfo, hooks: Any, resume_from: Pa
     # (seconds of imports and store set-up, in another process) overlaps torch's.
     tracker = node_monitor = None
     if early.is_main:
-        from jobs.run_tracking import open_tracker
+        from jobs.tracking.run_tracking import open_tracker
 
         tracker = open_tracker(job)
     else:  # another node's local rank 0 logs that node's system metrics (rank 0's sender does node 0's)
-        from jobs.system_metrics import spawn_node_monitor
+        from jobs.tracking.system_metrics import spawn_node_monitor
 
         node_monitor = spawn_node_monitor(job, early)
     try:
@@ -64,9 +65,9 @@ def _tracked_rank(job: ResolvedJob, early: RankInfo, hooks: Any, resume_from: Pa
 def _run_rank(job: ResolvedJob, hooks: Any, resume_from: Path | None, tracker: Any) -> int:
     import torch.distributed as dist
 
-    from jobs.dist import barrier, init_distributed, init_horovod
+    from jobs.rank.dist import barrier, init_distributed, init_horovod
+    from jobs.rank.watchdog import process_group_timeout_s
     from jobs.train import Trainer
-    from jobs.watchdog import process_group_timeout_s
 
     horovod = job.comm == "horovod"
     info = init_horovod(horovod_settings(job)) if horovod else detect_rank_env()

@@ -7,8 +7,8 @@ on a resolved config that ``podrun render`` wrote::
 
 Only rank 0 logs to MLflow and MLPerf, and writes checkpoints. SIGUSR2 or SIGTERM sets a
 flag; at the next stop vote (every ``train.stop_check_every`` steps, see
-:mod:`jobs.stopping`) every rank agrees to stop at the same step, rank 0 writes a
-checkpoint and the ranks exit with :data:`jobs.exit_codes.PREEMPTED`, ready to resume.
+:mod:`jobs.rank.stopping`) every rank agrees to stop at the same step, rank 0 writes a
+checkpoint and the ranks exit with :data:`jobs.contract.exit_codes.PREEMPTED`, ready to resume.
 
 A step asks nothing of the host but to queue work: the loss is read (a host-device sync)
 and the ranks' counts are summed (a collective) only on steps that log.
@@ -31,21 +31,22 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from jobs import exit_codes
-from jobs.checkpoint import latest_checkpoint, load_resumable, save_checkpoint
-from jobs.dist import COLLECTIVES, all_gather_object, all_reduce_sum, gather_hosts, horovod
-from jobs.errors import PodrunError
-from jobs.job import ResolvedJob
-from jobs.mlperf_log import MlperfLogger, log_submission
-from jobs.optim import build_optimizer, learning_rate, set_learning_rate
-from jobs.phases import PhaseClock, remember_end, remember_start
-from jobs.placement import RankInfo
-from jobs.precision import autocast_for, check_precision, grad_scaler
-from jobs.progress import ProgressLine, format_eta
-from jobs.run_tracking import RunTracking
-from jobs.stopping import StopFlag, StopVote
-from jobs.tasks import build_task
-from jobs.watchdog import Watchdog
+from jobs.contract import exit_codes
+from jobs.contract.errors import PodrunError
+from jobs.contract.job import ResolvedJob
+from jobs.contract.placement import RankInfo
+from jobs.contract.progress import ProgressLine, format_eta
+from jobs.rank.checkpoint import latest_checkpoint, load_resumable, save_checkpoint
+from jobs.rank.dist import COLLECTIVES, all_gather_object, all_reduce_sum, gather_hosts, horovod
+from jobs.rank.mlperf_log import MlperfLogger, log_submission
+from jobs.rank.optim import build_optimizer, learning_rate, set_learning_rate
+from jobs.rank.phases import PhaseClock, remember_end, remember_start
+from jobs.rank.precision import autocast_for, check_precision, grad_scaler
+from jobs.rank.state import LoopState
+from jobs.rank.stopping import StopFlag, StopVote
+from jobs.rank.watchdog import Watchdog
+from jobs.tasks.base import build_task
+from jobs.tracking.run_tracking import RunTracking
 
 
 class Window:
@@ -129,10 +130,8 @@ class Trainer:
         warmup = self.recipe.schedule.warmup_steps
         self.warmup_steps = warmup if warmup is not None else int(job.derived.warmup_epochs * updates_per_epoch)
         self.lr = job.derived.lr
-        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_time_s": 0.0,
-                      "items": 0, "best_metric": 0.0, "evals": [], "time_lost_s": 0.0,
-                      "saved_at": 0.0}
-        self.phases = PhaseClock()  # where the wall time goes (jobs/phases.py)
+        self.state = LoopState()
+        self.phases = PhaseClock()  # where the wall time goes (jobs/rank/phases.py)
         self.resumed_from = self._maybe_resume(resume_from)
         if self.hvd is not None:  # every rank starts from rank 0's state
             self.hvd.broadcast_parameters(self.module.state_dict(), root_rank=0)
@@ -183,43 +182,43 @@ class Trainer:
         self.module.load_state_dict(unwrapped_state(checkpoint["model"]))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
-        self.state.update(checkpoint["progress"])
+        self.state = LoopState.from_dict(checkpoint["progress"])
         # Wall time from the checkpoint to this restart (queueing, start-up): lost to preemption.
-        self.state["time_lost_s"] += max(time.time() - self.state["saved_at"], 0.0) if self.state["saved_at"] else 0.0
+        self.state.time_lost_s += max(time.time() - self.state.saved_at, 0.0) if self.state.saved_at else 0.0
         set_rng_state(checkpoint["rng"], self.info.rank, self.info.world_size)
         if self.info.is_main:
-            say(f"[resume] {path.name}: epoch {self.state['epoch'] + 1}, step {self.state['step_in_epoch']}"
-                f" of {self.steps_per_epoch}, global step {self.state['global_step']}")
+            say(f"[resume] {path.name}: epoch {self.state.epoch + 1}, step {self.state.step_in_epoch}"
+                f" of {self.steps_per_epoch}, global step {self.state.global_step}")
         return path.name
 
     def _checkpoint(self) -> None:
         """Rank 0 writes the checkpoint; every rank then tells the hooks (a collective for Ray)."""
         with self.phases.measure("checkpoint"):
-            self.state["train_time_s"] = self._elapsed()
-            self.state["saved_at"] = time.time()
-            self.state["phases"] = self.phases.totals(self.state["saved_at"])
+            self.state.train_time_s = self._elapsed()
+            self.state.saved_at = time.time()
+            self.state.phases = self.phases.totals(self.state.saved_at)
             rng = all_gather_object(rng_state())  # every rank's stream: dropout draws differ per rank
             path = self._write_checkpoint(rng) if self.info.is_main else None
             if self.hooks:
-                self.hooks.checkpointed(path, dict(self.state))
+                self.hooks.checkpointed(path, self.state)
 
     def _write_checkpoint(self, rng: list[dict[str, Any]]) -> Path:
         state = {
             "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "progress": dict(self.state),
+            "progress": self.state.to_dict(),
             "rng": rng,
             "job_id": self.job.job_id,
         }
-        path = save_checkpoint(self.ckpt_dir, state, self.state["global_step"], self.recipe.train.keep_checkpoints)
+        path = save_checkpoint(self.ckpt_dir, state, self.state.global_step, self.recipe.train.keep_checkpoints)
         say(f"[checkpoint] {path}")
         return path
 
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
-        """Train to the target or the last epoch; return a :mod:`jobs.exit_codes` exit code."""
+        """Train to the target or the last epoch; return a :mod:`jobs.contract.exit_codes` exit code."""
         self.stop.install()
         self._start_logs()
         code = exit_codes.FAILED
@@ -239,11 +238,11 @@ class Trainer:
         self.mllog.end("init_stop")
         self.mllog.start("run_start")
         self.run_started = time.time()
-        self.train_time_base = self.state["train_time_s"]
-        self.phases.start_run(self.state, self.run_started)
+        self.train_time_base = self.state.train_time_s
+        self.phases.start_run(self.state.phases, self.state.saved_at, self.run_started)
         if self.info.is_main:
             remember_start(self.ckpt_dir, self.phases)
-        self.first_step, self.collectives_before = self.state["global_step"], Counter(COLLECTIVES)
+        self.first_step, self.collectives_before = self.state.global_step, Counter(COLLECTIVES)
         hosts = gather_hosts()  # a collective: every rank takes part
         self.watchdog.start()
         if self.tracking:
@@ -255,13 +254,13 @@ class Trainer:
         return f"{self.job.nodes}x{socket.gethostname()}({what})"
 
     def _train(self) -> int:
-        for epoch in range(self.state["epoch"], self.recipe.train.epochs):
+        for epoch in range(self.state.epoch, self.recipe.train.epochs):
             self.mllog.start("block_start", metadata={"first_epoch_num": epoch + 1, "epoch_count": 1})
             self.mllog.start("epoch_start", metadata={"epoch_num": epoch + 1})
             if not self._train_epoch(epoch):
                 return exit_codes.PREEMPTED
             self.mllog.end("epoch_stop", metadata={"epoch_num": epoch + 1})
-            self.state.update(epoch=epoch + 1, step_in_epoch=0)
+            self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
             reached = self._maybe_evaluate(epoch)
             self.mllog.end("block_stop", metadata={"first_epoch_num": epoch + 1})
             if reached:
@@ -283,7 +282,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> bool:
         """Train one epoch (from the saved position); False if a stop was requested."""
         self.model.train()
-        skip = self.state["step_in_epoch"]
+        skip = self.state.step_in_epoch
         window = Window()
         update_freq = self.job.derived.update_freq
         for index, batch in enumerate(self.phases.waiting(self.train_loader.epoch(epoch, skip=skip)), start=skip):
@@ -291,13 +290,13 @@ class Trainer:
             boundary = (index + 1) % update_freq == 0 or index + 1 == self.steps_per_epoch
             loss, items = self._micro_step(batch, boundary, update_freq)
             window.add(items)
-            self.state["step_in_epoch"] = index + 1
+            self.state.step_in_epoch = index + 1
             if not boundary:
                 continue  # a stop or a checkpoint only happens between optimizer steps
-            if self.state["global_step"] % self.recipe.train.log_every == 0 or index + 1 == self.steps_per_epoch:
+            if self.state.global_step % self.recipe.train.log_every == 0 or index + 1 == self.steps_per_epoch:
                 self._report(epoch, index + 1, float(loss), window)  # float(): the only sync, on logging steps
                 window = Window()
-            if self.vote.after_step(self.state["global_step"], self.stop.requested):
+            if self.vote.after_step(self.state.global_step, self.stop.requested):
                 self._on_stop()
                 return False
         return True
@@ -309,7 +308,7 @@ class Trainer:
             loss, items = self.task.train_step_loss(self.model, batch)
             self.scaler.scale(loss / update_freq if update_freq > 1 else loss).backward()
         if boundary:
-            self.lr = learning_rate(self.state["global_step"], base_lr=self.job.derived.lr,
+            self.lr = learning_rate(self.state.global_step, base_lr=self.job.derived.lr,
                                     end_lr=self.recipe.optim.end_lr, warmup_steps=self.warmup_steps,
                                     total_steps=self.total_steps, schedule=self.recipe.schedule)
             set_learning_rate(self.optimizer, self.lr)
@@ -321,13 +320,13 @@ class Trainer:
                 self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad()  # set_to_none is the default (and Horovod takes no argument)
-            self.state["global_step"] += 1
+            self.state.global_step += 1
         return loss.detach(), items
 
     def _report(self, epoch: int, step: int, loss: float, window: Window) -> None:
         """Progress line and metrics; a collective (every rank calls it at the same step)."""
         items, = all_reduce_sum([float(window.items)], self.device)
-        self.state["items"] += int(items)
+        self.state.items += int(items)
         elapsed = max(time.time() - window.start, 1e-9)
         if not self.info.is_main:
             return
@@ -338,12 +337,12 @@ class Trainer:
                             self.task.unit, loss, self.lr, format_eta(eta))
         say(line.format())
         if self.tracking:
-            self.tracking.step_metrics(self.state["global_step"], loss, self.lr, rate, self.task.unit)
+            self.tracking.step_metrics(self.state.global_step, loss, self.lr, rate)
 
     def _on_stop(self, checkpoint: bool = True) -> None:
         if self.info.is_main:
             say(f"[stop] {self.stop.signal_name or 'signal on another rank'}: checkpointing at epoch"
-                f" {self.state['epoch'] + 1} step {self.state['step_in_epoch']}")
+                f" {self.state.epoch + 1} step {self.state.step_in_epoch}")
         if checkpoint:
             self._checkpoint()
 
@@ -351,7 +350,7 @@ class Trainer:
         """How often this run stopped to talk to the other ranks, besides the gradients' all-reduce."""
         if self.info.world_size > 1 and hasattr(self, "first_step"):
             calls = COLLECTIVES - self.collectives_before
-            say(f"[comm] {calls.total()} collectives in {self.state['global_step'] - self.first_step} optimizer"
+            say(f"[comm] {calls.total()} collectives in {self.state.global_step - self.first_step} optimizer"
                 f" steps ({', '.join(f'{name} {count}' for name, count in sorted(calls.items()))})")
 
     def _elapsed(self) -> float:
@@ -370,21 +369,21 @@ class Trainer:
         self.model.train()
         self.mllog.event("eval_accuracy", metric, metadata={"epoch_num": epoch + 1})
         self.mllog.end("eval_stop", metadata={"epoch_num": epoch + 1})
-        self.state["best_metric"] = max(self.state["best_metric"], metric)
-        self.state["evals"].append((epoch + 1, metric))
+        self.state.evals.append((epoch + 1, metric))
+        self.state.best_metric = self.task.best([value for _, value in self.state.evals])
         if self.info.is_main:
             say(f"[eval] epoch {epoch + 1} {self.task.metric} {metric:.4f} (target {cfg.target})")
         if self.tracking:
-            self.tracking.eval_metric(self.task.metric, metric, epoch + 1)
-        return metric >= cfg.target
+            self.tracking.eval_metric(metric, epoch + 1)
+        return self.task.reached(metric, cfg.target)
 
     def _stalled(self, diagnosis: str) -> None:
-        """The watchdog's verdict (from its thread): say it, record it, end the process (see jobs.watchdog)."""
+        """The watchdog's verdict (from its thread): say it, record it, end the process (see jobs.rank.watchdog)."""
         say(f"[watchdog] {diagnosis}; stopping the job: resume it with --resume")
         try:
             exit_codes.write_outcome(self.job_dir, exit_codes.STALLED, note=diagnosis)  # any rank that sees it
             if self.tracking:  # the main thread is blocked in a collective: nothing else touches the tracker
-                self.tracking.finish(exit_codes.STALLED, self._elapsed(), self.state, self.mllog.path, self.task.unit)
+                self.tracking.finish(exit_codes.STALLED, self._elapsed(), self.state, self.mllog.path)
         finally:
             os._exit(exit_codes.STALLED)
 
@@ -392,20 +391,19 @@ class Trainer:
         self.watchdog.stop()
         time_to_train = self._elapsed()
         ended = time.time()
-        self.state["phases"] = self.phases.totals(ended)
+        self.state.phases = self.phases.totals(ended)
         if self.info.is_main:
-            remember_end(self.ckpt_dir, self.state["phases"], ended)
+            remember_end(self.ckpt_dir, self.state.phases, ended)
         if code in (exit_codes.SUCCESS, exit_codes.NOT_REACHED):
             self.mllog.end("run_stop", metadata={"status": "success" if code == exit_codes.SUCCESS else "aborted"})
         if self.info.is_main:
             exit_codes.write_outcome(self.job_dir, code, note=getattr(self, "note", ""))
             self._say_collectives()
             say(f"[done] {exit_codes.DESCRIPTIONS.get(code, 'failed')}: time to train {time_to_train:.1f} s,"
-                f" best {self.task.metric} {self.state['best_metric']:.4f}")
+                f" best {self.task.metric} {self.state.best_metric:.4f}")
         if self.tracking:
-            self.tracking.finish(code, time_to_train, self.state, self.mllog.path, self.task.unit,
-                                 metric=self.task.metric, val_loader=self.val_loader)
+            self.tracking.finish(code, time_to_train, self.state, self.mllog.path, val_loader=self.val_loader)
         self.train_loader.close()
         self.val_loader.close()
         if self.hooks:
-            self.hooks.finished(code, dict(self.state))
+            self.hooks.finished(code, self.state)

@@ -1,14 +1,18 @@
-"""The launcher: cluster profiles and job specs, resolution and scaling, the CLI, the backends.
+"""The launcher: ``podrun``. It builds on :mod:`jobs` and hands each rank a :class:`jobs.contract.job.ResolvedJob`.
 
-It builds on :mod:`jobs` (the rank runtime) and hands each rank a :class:`jobs.job.ResolvedJob`:
+The commands sit at the top: :mod:`orchestrator.cli` (``podrun``), :mod:`orchestrator.launch`
+(the one launch path: resolve, check, submit, follow, record), :mod:`orchestrator.sweep`,
+:mod:`orchestrator.export`, :mod:`orchestrator.preflight_cmd` and :mod:`orchestrator.console`
+(what the terminal shows). Below them, in layers (``lint-imports`` checks it):
 
-* :mod:`orchestrator.profiles` - cluster profiles (``cluster.yaml``);
-* :mod:`orchestrator.paths` - where podrun finds its files (search order, bundled files, ``init``);
-* :mod:`orchestrator.jobspec` - job specs and the launch plan;
-* :mod:`orchestrator.resolve`, :mod:`orchestrator.scaling` - spec + recipe + profile -> plan;
-* :mod:`orchestrator.cli` - ``podrun``;
-* :mod:`orchestrator.backends` - local, Slurm and Ray, one file each, imported when used;
-* :mod:`orchestrator.ray_runtime`, :mod:`orchestrator.ray_job` - what a Ray job carries, its driver;
-* :mod:`orchestrator.tunnel` - SSH to a login node;
-* :mod:`orchestrator.datasets`, :mod:`orchestrator.translation_toy` - ``podrun data``.
+* :mod:`orchestrator.studies` - phases, predictions, sweep reports and their plots;
+* :mod:`orchestrator.datasets` - ``podrun data`` (digits, synthetic images, the toy corpus);
+* :mod:`orchestrator.backends` - how ranks start: local, Slurm, Ray (one file each), SSH;
+* :mod:`orchestrator.preflight` - what happens to a node that fails its checks;
+* :mod:`orchestrator.spec` - cluster profiles, job specs, resolution and scaling, job records.
+
+``python -m orchestrator.preflight_gate`` and ``python -m orchestrator.ray_job``, the names of
+earlier releases, still start their modules (see :data:`jobs.MOVED`).
 """
+
+import jobs  # noqa: F401 - installs the finder of moved module names

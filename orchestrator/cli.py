@@ -10,7 +10,7 @@
     podrun export RUN_ID --format onnx        # the run's registered model as ONNX, checked and logged back
 
 Errors the user can fix print one line (``podrun: error: ...``) and exit with one of the
-codes in :mod:`jobs.exit_codes` (64: usage or config, 69: the scheduler); ``launch``
+codes in :mod:`jobs.contract.exit_codes` (64: usage or config, 69: the scheduler); ``launch``
 returns the job's own exit code.
 """
 
@@ -20,10 +20,15 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from jobs import exit_codes
-from orchestrator.backends import BACKENDS, get_backend
+from jobs.contract import exit_codes
+from orchestrator.backends import get_backend
 from orchestrator.errors import BackendError, PodrunError
+from orchestrator.spec.backend_names import BACKENDS
+
+if TYPE_CHECKING:
+    from orchestrator.launch import LaunchRequest
 
 EXIT_USAGE = exit_codes.CONFIG_ERROR
 
@@ -57,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--detach", action="store_true", help="return once submitted; follow with 'podrun logs ID -f'")
     render = sub.add_parser("render", help="print exactly what 'launch' would run, without running it")
     _job_arguments(render)
-    for command in (launch, render):
+    for command in (launch, render, *_sweep_arguments(sub)):
         command.add_argument("--no-preflight", action="store_true", help="skip the node checks for this launch")
     preflight = sub.add_parser("preflight", help="check the nodes a job would get (GPUs, InfiniBand, collectives, "
                                                  "storage, software) and print a node x check table")
@@ -73,7 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     sync = sub.add_parser("sync", help="send MLflow records that were kept while the tracking server was down")
     sync.add_argument("job_id")
     _predict_arguments(sub)
-    _sweep_arguments(sub)
     export = sub.add_parser("export", help="export a run's registered model (ONNX), check it and log it to the run")
     export.add_argument("run_id", help="the MLflow run id (printed at the end of a launch)")
     export.add_argument("--format", choices=["onnx"], default="onnx")
@@ -103,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _init_arguments(sub) -> None:
-    from orchestrator.paths import INIT_JOB
+    from orchestrator.spec.paths import INIT_JOB
 
     init = sub.add_parser("init", help="copy the bundled cluster.yaml and a job spec into a folder to edit")
     init.add_argument("dir", nargs="?", type=Path, default=Path("."), help="default: this folder")
@@ -124,7 +128,8 @@ def _predict_arguments(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--log", action="store_true", help="log the table and plot as an MLflow run")
 
 
-def _sweep_arguments(sub: argparse._SubParsersAction) -> None:
+def _sweep_arguments(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """``sweep`` and ``report``; returns the parsers that launch jobs (``sweep``)."""
     sweep = sub.add_parser("sweep", help="run a job at several scales (one job each) and report how it scales")
     _job_arguments(sweep)
     sweep.add_argument("--nodes", default="1", help="node counts, e.g. 1,2,4")
@@ -133,6 +138,7 @@ def _sweep_arguments(sub: argparse._SubParsersAction) -> None:
     report.add_argument("run", metavar="RUN_OR_EXPERIMENT", help="the sweep's parent run id, or an experiment name")
     report.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the local store")
     report.add_argument("--out", type=Path, help="also keep the files in this folder")
+    return [sweep]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,87 +158,49 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- commands
 
 
-def _resolve(args: argparse.Namespace, job_id: str | None = None):
-    from orchestrator.resolve import load_job
+def _request(args: argparse.Namespace) -> LaunchRequest:
+    from orchestrator.launch import LaunchRequest
 
-    plan = load_job(args.job, args.assignments, cluster_file=args.cluster_file, backend=args.backend,
-                    resume=args.resume, job_id=job_id)
-    if getattr(args, "no_preflight", False):
-        plan.job.preflight = None
-    if getattr(args, "on", None):
-        plan.job.command += f" --on {args.on}"
-    return plan
+    return LaunchRequest(args.job, args.assignments, backend=args.backend, on=args.on, cluster_file=args.cluster_file,
+                         resume=args.resume, preflight=not getattr(args, "no_preflight", False),
+                         detach=getattr(args, "detach", False))
+
+
+def _resolve(args: argparse.Namespace, job_id: str | None = None):
+    from orchestrator.launch import resolve
+
+    return resolve(_request(args), job_id=job_id)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from orchestrator.job_env import expected_message
-    from orchestrator.paths import annotate
+    from orchestrator.launch import scheduler
+    from orchestrator.spec.job_env import expected_message
+    from orchestrator.spec.paths import annotate
 
     plan = _resolve(args)
-    print(annotate(get_backend(_scheduler(plan, args)).render(plan), plan.sources), end="")
+    print(annotate(get_backend(scheduler(plan, args.on)).render(plan), plan.sources), end="")
     if expected_message(plan):  # secrets and ${VAR} are read when the script runs
         print(f"podrun: {expected_message(plan)}", file=sys.stderr)
     return 0
 
 
-def _scheduler(plan, args: argparse.Namespace) -> str:
-    """The backend that starts the job: its own, or Slurm for ``--backend ray --on slurm``."""
-    if args.on:
-        if plan.backend != "ray":
-            raise PodrunError("--on slurm goes with --backend ray (Ray inside a Slurm allocation)")
-        return "slurm"
-    return plan.backend
-
-
 def cmd_launch(args: argparse.Namespace) -> int:
-    from orchestrator.console import follow_job
-    from orchestrator.run_record import announce
+    from orchestrator.launch import launch
 
-    plan = _resolve(args)
-    backend = get_backend(_scheduler(plan, args))
-    _check_data(plan.job)
-    record = backend.submit(plan)
-    print(f"submitted {record.job_id} ({record.backend} {record.native_id}, {plan.job.world_size} ranks)"
-          f"  logs: {record.job_dir}/logs", flush=True)
-    print(announce(plan), flush=True)
-    if args.detach:
-        backend.detach(record)
-        print(f"follow it with: podrun logs {record.job_id} -f")
-        return 0
-    return follow_job(backend, record)
-
-
-def _check_data(job) -> None:
-    from orchestrator.errors import DataError
-
-    if job.backend != "local" or getattr(job.recipe.data, "backend", None) == "synthetic":
-        return
-    if job.recipe.data.kind == "parallel_text":
-        from jobs.data.parallel_text import split_paths
-
-        missing = [p for p in split_paths(Path(job.data_dir), job.recipe.data.train_split, job.recipe.data)
-                   if not p.is_file()]
-        if missing:
-            raise DataError(f"parallel text not found ({missing[0]}): create a toy corpus with 'podrun data "
-                            f"translation-toy {job.data_dir}', or point data.dataset (--set data.dataset=/path) "
-                            "or the profile's data_root at your data")
-        return
-    if not (Path(job.data_dir) / "train").is_dir():
-        hint = "podrun data digits" if job.recipe.data.dataset == "digits" else "podrun data synthetic"
-        raise DataError(f"data set not found at {job.data_dir}: create it with '{hint} {job.data_dir}', "
-                        f"or point data.dataset (--set data.dataset=/path) or the profile's data_root at it")
+    return launch(_request(args))
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
+    from orchestrator.launch import scheduler
     from orchestrator.preflight_cmd import preflight_job_id, run_preflight
 
     plan = _resolve(args, job_id=preflight_job_id(args.job, args.assignments))
-    return run_preflight(plan, _scheduler(plan, args))
+    return run_preflight(plan, scheduler(plan, args.on))
 
 
 def _record(job_id: str):
-    from orchestrator.jobstore import find_record
-    from orchestrator.resolve import podrun_home
+    from orchestrator.spec.jobstore import find_record
+    from orchestrator.spec.paths import podrun_home
 
     record = find_record(podrun_home(), job_id)
     return get_backend(record.backend), record
@@ -253,7 +221,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from orchestrator.resolve import podrun_home
+    from orchestrator.spec.paths import podrun_home
     from orchestrator.sweep import cancel_sweep, find_sweep
 
     sweep = find_sweep(podrun_home(), args.job_id)
@@ -267,8 +235,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from orchestrator.jobstore import list_records
-    from orchestrator.resolve import podrun_home
+    from orchestrator.spec.jobstore import list_records
+    from orchestrator.spec.paths import podrun_home
 
     records = list_records(podrun_home())[: args.n]
     if not records:
@@ -286,8 +254,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from jobs.spool import spool_pending
-    from jobs.tracker import replay_spool
+    from jobs.tracking.spool import spool_pending
+    from jobs.tracking.tracker import replay_spool
 
     _, record = _record(args.job_id)
     spool = Path(record.job_dir) / "mlflow-spool"
@@ -300,13 +268,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from orchestrator import predict
-    from orchestrator.resolve import podrun_home
+    from orchestrator.spec.paths import podrun_home
+    from orchestrator.studies import predict
 
     plan = _resolve(args)
     result = predict.forecast(plan, predict.parse_nodes(args.nodes), args.throughput, args.rcp_round,
                               algorithm=args.allreduce)
-    table = predict.format_forecast(result, "img" if plan.recipe.model.arch == "resnet" else "tok")
+    table = predict.format_forecast(result, plan.recipe.task_class().unit)
     print(f"{plan.job.name} on {plan.profile.name} ({plan.job.tasks_per_node} GPUs per node):\n{table}")
     plot = predict.plot_forecast(result, args.plot or podrun_home() / "predict" / f"{plan.job.name}.png",
                                  f"{plan.job.name} on {plan.profile.name}: predicted time to train")
@@ -317,20 +285,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from orchestrator.predict import parse_nodes
+    from orchestrator.studies.predict import parse_nodes
     from orchestrator.sweep import run_sweep
 
     tasks = parse_nodes(args.tasks_per_node, "--tasks-per-node") if args.tasks_per_node else None
-    return run_sweep(args.job, args.assignments, parse_nodes(args.nodes), tasks, backend=args.backend,
-                     cluster_file=args.cluster_file, on=args.on, resume=args.resume is not None,
-                     check_data=_check_data)
+    return run_sweep(_request(args), parse_nodes(args.nodes), tasks, resume=args.resume is not None)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     import os
 
-    from orchestrator.report import build_report
-    from orchestrator.resolve import podrun_home
+    from orchestrator.spec.paths import podrun_home
+    from orchestrator.studies.report import build_report
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{podrun_home() / 'mlflow.db'}"
     print(build_report(uri, args.run, args.out).text)
@@ -348,12 +314,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from orchestrator import datasets
+    from orchestrator.datasets import images as datasets
 
     if args.dataset == "digits":
         summary = datasets.write_digits(args.dir, image_size=args.image_size, overwrite=args.overwrite)
     elif args.dataset == "translation-toy":
-        from orchestrator.translation_toy import write_translation_toy
+        from orchestrator.datasets.translation_toy import write_translation_toy
 
         summary = write_translation_toy(args.dir, train_pairs=args.train_pairs, valid_pairs=args.valid_pairs,
                                         test_pairs=args.test_pairs, seed=args.seed, overwrite=args.overwrite)
@@ -365,7 +331,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from orchestrator.paths import config_dir, display, init_files
+    from orchestrator.spec.paths import config_dir, display, init_files
 
     written = init_files(args.dir, job=args.job, force=args.force)
     print("wrote " + ", ".join(display(path) for path in written))

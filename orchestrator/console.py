@@ -10,24 +10,24 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from jobs import exit_codes
-from jobs.checkpoint_index import read_run_info
-from jobs.progress import parse_progress
-from jobs.secret_filter import mask_uri
-from jobs.spool import spool_pending
+from jobs.contract import exit_codes
+from jobs.contract.checkpoint_index import read_run_info
+from jobs.contract.progress import parse_progress
+from jobs.contract.secret_filter import mask_uri
+from jobs.tracking.spool import spool_pending
 from orchestrator.backends.base import Backend
-from orchestrator.jobstore import SUCCEEDED, JobRecord
+from orchestrator.spec.jobstore import SUCCEEDED, JobRecord
 
 
-def follow_job(backend: Backend, record: JobRecord) -> int:
+def follow_job(backend: Backend, record: JobRecord) -> tuple[int, JobRecord | None]:
     """Show rank 0's output until the job ends; Ctrl-C cancels it (after a checkpoint).
 
     When this output goes away (``podrun launch JOB | tee log``, and tee dies), following
     stops: a local job then stops after a checkpoint (its supervisor sees the launcher
     leave), a Slurm or Ray job goes on.
 
-    Returns the job's exit code (see :mod:`jobs.exit_codes`), or
-    :data:`jobs.exit_codes.INTERRUPTED` when the output went away first.
+    Returns the job's exit code (see :mod:`jobs.contract.exit_codes`) and its final record;
+    :data:`jobs.contract.exit_codes.INTERRUPTED` and None when the output went away first.
     """
     console = Console()
     try:
@@ -40,14 +40,12 @@ def follow_job(backend: Backend, record: JobRecord) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         print(f"podrun: output closed; {record.job_id} is no longer followed", file=sys.stderr)
-        return exit_codes.INTERRUPTED
+        return exit_codes.INTERRUPTED, None
     backend.detach(record)  # it ended: nothing to hold on to
     record = backend.status(record)
     _summary(record, console)
-    from orchestrator.run_phases import record_phases
-
-    record_phases(record, say=lambda text: console.print(text, markup=False, highlight=False))
-    return record.exit_code if record.exit_code is not None else (0 if record.state == SUCCEEDED else 1)
+    code = record.exit_code if record.exit_code is not None else (0 if record.state == SUCCEEDED else 1)
+    return code, record
 
 
 def _show(lines: Iterator[str], console: Console, skip_seen: bool = False) -> None:

@@ -1,6 +1,6 @@
-"""The launcher's errors: the rank runtime's (:mod:`jobs.errors`) plus scheduler failures."""
+"""The launcher's errors: the rank runtime's (:mod:`jobs.contract.errors`) plus scheduler failures."""
 
-from jobs.errors import CheckpointError, ConfigError, DataError, PodrunError
+from jobs.contract.errors import CheckpointError, ConfigError, DataError, PodrunError
 
 __all__ = ["BackendError", "CheckpointError", "ConfigError", "DataError", "PodrunError"]
 

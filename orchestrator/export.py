@@ -1,19 +1,15 @@
 """``podrun export RUN_ID --format onnx``: the run's registered model as ONNX, checked, logged back.
 
 The start of the inference path to NVIDIA T4s (TensorRT): the model that a run logged
-(:mod:`jobs.model_registry`, MLflow ``pt2``) is loaded from MLflow and exported with
+(:mod:`jobs.tracking.model_registry`, MLflow ``pt2``) is loaded from MLflow and exported with
 ``torch.onnx.export`` (the dynamo exporter, opset 18, dynamic batch). ONNX Runtime on the
 CPU must then reproduce torch's outputs on the run's validation batch within
 ``|onnx - torch| <= ATOL + RTOL * |torch|``; only then is the file logged to the same run
 under ``onnx/``, with the check's figures in the ``podrun.onnx`` tag.
 
-Imported only by ``podrun export`` (it imports torch).
-
-- ResNet: one graph, ``images [batch, 3, H, W] -> logits [batch, classes]``.
-- Transformer: two graphs. ``encoder``: ``src [batch, src_len] -> memory``;
-  ``decoder_step``: ``prefix [batch, prefix_len], memory, src -> log_probs [batch, vocab]``,
-  the next token's log-probabilities given the target prefix. The step re-reads the whole
-  prefix (no key/value cache) and the search loop (greedy or beam) stays in the caller.
+Imported only by ``podrun export`` (it imports torch). The task says which graphs to write
+(:meth:`jobs.tasks.base.Task.onnx_graphs`): ResNet one, ``images [batch, 3, H, W] ->
+logits``; the Transformer two, its encoder and one decoder step.
 """
 
 from __future__ import annotations
@@ -25,14 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from orchestrator.errors import PodrunError
 
 OPSET = 18
 ATOL, RTOL = 1e-4, 1e-3
 ONNX_TAG = "podrun.onnx"
-MAX_TOKENS = "max_positions"
 
 
 class ExportError(PodrunError):
@@ -58,9 +52,9 @@ def find_tracking_uri(run_id: str, explicit: str | None) -> str:
     """``--tracking-uri``, else the store of the podrun job that made ``run_id``, else ``$MLFLOW_TRACKING_URI``."""
     import os
 
-    from jobs.checkpoint_index import read_run_info
-    from orchestrator.jobstore import list_records
-    from orchestrator.resolve import podrun_home
+    from jobs.contract.checkpoint_index import read_run_info
+    from orchestrator.spec.jobstore import list_records
+    from orchestrator.spec.paths import podrun_home
 
     if explicit:
         return explicit
@@ -84,7 +78,8 @@ def export_onnx(run_id: str, tracking_uri: str, output: Path) -> list[str]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from jobs.model_registry import MODEL_TAG, MODEL_URI_TAG
+    from jobs.tracking.model_inputs import load_validation_batch
+    from jobs.tracking.model_registry import MODEL_TAG, MODEL_URI_TAG, task_of
 
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(tracking_uri)
@@ -102,64 +97,38 @@ def export_onnx(run_id: str, tracking_uri: str, output: Path) -> list[str]:
             meta = mlflow.models.Model.load(str(folder / "MLmodel")).metadata["podrun"]
         except (MlflowException, OSError, KeyError, TypeError) as exc:
             raise ExportError(f"cannot load {model_uri} of run {run_id}: {str(exc).splitlines()[0][:200]}") from None
-        inputs = _validation_batch(folder, meta)
-        files, checks = _export(folder, meta, inputs, run.data.params.get("recipe", "model"), output)
+        task = task_of(meta)
+        inputs = load_validation_batch(folder / "extra_files" / "model-inputs.npz", task.input_names)
+        files, checks = _export(folder, task, meta, inputs, run.data.params.get("recipe", "model"), output)
     for path in files:
         client.log_artifact(run_id, str(path), "onnx")
     worst = max(diff for _, diff, _ in checks)
     client.set_tag(run_id, ONNX_TAG, f"{', '.join(p.name for p in files)}: opset {OPSET}, dynamic batch, "
                                      f"max |onnx - torch| {worst:.2e} (atol {ATOL:g}, rtol {RTOL:g})")
     lines = [f"{path}: max |onnx - torch| {diff:.2e} on {rows} validation rows" for path, diff, rows in checks]
-    if meta["arch"] != "transformer":  # one image input: the TensorRT engine is one command away
-        lines.append(f"TensorRT (FP16 engine, on the GPU machine): {trtexec_line(files[0], 'images', inputs[0].shape)}")
+    if len(files) == 1 and len(inputs) == 1 and inputs[0].dtype == np.float32:  # one image-like input
+        trt = trtexec_line(files[0], task.input_names[0], inputs[0].shape)
+        lines.append(f"TensorRT (FP16 engine, on the GPU machine): {trt}")
     return lines
 
 
-def _validation_batch(folder: Path, meta: dict[str, Any]) -> tuple[np.ndarray, ...]:
-    from jobs.model_inputs import load_validation_batch
-
-    return load_validation_batch(folder / "extra_files" / "model-inputs.npz", meta["arch"])
-
-
-def _export(folder: Path, meta: dict[str, Any], inputs: tuple[np.ndarray, ...], name: str,
+def _export(folder: Path, task: Any, meta: dict[str, Any], inputs: tuple[np.ndarray, ...], name: str,
             output: Path) -> tuple[list[Path], list]:
+    """Write and check each ONNX graph the task names; return the files and ``(file, max diff, rows)``."""
     program = torch.export.load(str(folder / "data" / "model.pt2"))
+    model = task.model_from_weights(meta["model_config"], dict(program.state_dict))
     output.mkdir(parents=True, exist_ok=True)
-    if meta["arch"] == "transformer":
-        return _export_transformer(program, meta, inputs, name, output)
-    path = output / f"{name}.onnx"
-    torch.onnx.export(program, tuple(torch.from_numpy(a) for a in inputs), str(path), dynamo=True,
-                      opset_version=OPSET, input_names=["images"], output_names=["logits"])
-    expected = program.module()(torch.from_numpy(inputs[0])).detach().numpy()
-    diff = _check(path, {"images": inputs[0]}, expected)
-    return [path], [(path, diff, len(inputs[0]))]
-
-
-def _export_transformer(program: Any, meta: dict[str, Any], inputs: tuple, name: str,
-                        output: Path) -> tuple[list[Path], list]:
-    from torch.export import Dim
-
-    from jobs.model_registry import build_model
-
-    model = build_model("transformer", meta["model_config"], dict(program.state_dict))
-    encoder, step = TransformerEncoder(model).eval(), TransformerDecoderStep(model).eval()
-    src, tgt_in = (torch.from_numpy(array) for array in inputs)
-    limit = meta["model_config"][MAX_TOKENS]
-    batch, src_len, prefix_len = Dim("batch"), Dim("src_len", max=limit), Dim("prefix_len", max=limit)
-    with torch.no_grad():
-        memory = encoder(src)
-        log_probs = step(tgt_in, memory, src)
-    enc_path, step_path = output / f"{name}-encoder.onnx", output / f"{name}-decoder_step.onnx"
-    torch.onnx.export(encoder, (src,), str(enc_path), dynamo=True, opset_version=OPSET,
-                      dynamic_shapes=({0: batch, 1: src_len},), input_names=["src"], output_names=["memory"])
-    torch.onnx.export(step, (tgt_in, memory, src), str(step_path), dynamo=True, opset_version=OPSET,
-                      dynamic_shapes=({0: batch, 1: prefix_len}, {0: batch, 1: src_len}, {0: batch, 1: src_len}),
-                      input_names=["prefix", "memory", "src"], output_names=["log_probs"])
-    enc_diff = _check(enc_path, {"src": inputs[0]}, memory.numpy())
-    step_diff = _check(step_path, {"prefix": inputs[1], "memory": memory.numpy(), "src": inputs[0]},
-                       log_probs.numpy())
-    rows = len(inputs[0])
-    return [enc_path, step_path], [(enc_path, enc_diff, rows), (step_path, step_diff, rows)]
+    files, checks = [], []
+    for graph in task.onnx_graphs(model, inputs, meta["model_config"]):
+        path = output / f"{name}{graph.suffix}.onnx"
+        with torch.no_grad():
+            expected = graph.module(*graph.args)
+        torch.onnx.export(graph.module, graph.args, str(path), dynamo=True, opset_version=OPSET,
+                          dynamic_shapes=graph.dynamic_shapes, input_names=graph.input_names,
+                          output_names=graph.output_names)
+        files.append(path)
+        checks.append((path, _check(path, graph.feeds, expected.detach().numpy()), len(inputs[0])))
+    return files, checks
 
 
 def _check(path: Path, feeds: dict[str, Any], expected: Any) -> float:
@@ -177,30 +146,3 @@ def _check(path: Path, feeds: dict[str, Any], expected: Any) -> float:
         raise ExportError(f"{path.name}: ONNX Runtime differs from torch (max {diff:.2e}, shapes {got.shape} "
                           f"vs {expected.shape}); the file is kept in {path.parent} but not logged")
     return diff
-
-
-class TransformerEncoder(nn.Module):
-    """``src [B, S]`` to the encoder output ``memory [B, S, D]``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, src: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(src)[0]
-
-
-class TransformerDecoderStep(nn.Module):
-    """Log-probabilities ``[B, vocab]`` of the token after ``prefix [B, T]``, given ``memory`` and ``src``."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, prefix: torch.Tensor, memory: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        mask = model.padding_mask(src)
-        x = model.embed_tokens(prefix, model.decoder_embed)
-        for layer in model.decoder:
-            x = layer(x, memory, mask)
-        return torch.log_softmax(model.logits(model.decoder_norm(x[:, -1])).float(), dim=-1)

@@ -4,7 +4,7 @@ The job is submitted as usual (a Slurm allocation of the job's size, a Ray job, 
 local supervisor) with ``PODRUN_PREFLIGHT_ONLY=1`` in its environment, so it stops after
 the checks; it is a job of its own (``<name>-preflight-...``) in ``podrun runs``. The
 checks run even where the profile turns preflight off. Exit status: 0 when every node
-passed, :data:`jobs.exit_codes.PREFLIGHT_FAILED` when one failed, 1 when no report came back.
+passed, :data:`jobs.contract.exit_codes.PREFLIGHT_FAILED` when one failed, 1 when no report came back.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from jobs import exit_codes
+from jobs.contract import exit_codes
 from jobs.preflight.result import REPORT_JSON, Report
 from orchestrator.backends import get_backend
 from orchestrator.backends.base import Backend
-from orchestrator.jobspec import LaunchPlan
-from orchestrator.jobstore import JobRecord, is_terminal
-from orchestrator.preflight import preflight_spec
+from orchestrator.spec.jobspec import LaunchPlan
+from orchestrator.spec.jobstore import JobRecord, is_terminal
+from orchestrator.spec.profiles import preflight_spec
 
 PREFLIGHT_ONLY = "PODRUN_PREFLIGHT_ONLY"
 POLL_S = 2.0
@@ -26,7 +26,7 @@ POLL_S = 2.0
 
 def preflight_job_id(ref: str, assignments: list[str]) -> str:
     """A job id of its own: ``<job name>-preflight-<time>-<hex>``."""
-    from orchestrator.resolve import load_job_spec, new_job_id
+    from orchestrator.spec.resolve import load_job_spec, new_job_id
 
     spec, _, _ = load_job_spec(ref, assignments)
     return new_job_id(f"{spec.name}-preflight")

@@ -4,7 +4,7 @@ Scales run one after another, so they do not compete for the machines they measu
 as its own job on the job's backend (a Slurm job, a Ray job, or local ranks) named
 ``<job>-n<nodes>x<tasks>``. Before the first, the sweep opens an MLflow parent run; every
 scale's run carries ``mlflow.parentRunId`` (and ``podrun.sweep``), so the MLflow UI nests
-them. At the end :mod:`orchestrator.report` builds the scaling report on the parent run.
+them. At the end :mod:`orchestrator.studies.report` builds the scaling report on the parent run.
 
 The sweep's record is ``$PODRUN_HOME/sweeps/<id>/sweep.json``. ``podrun cancel SWEEP_ID``
 stops the running scale (it checkpoints) and the scales after it; ``podrun sweep ...
@@ -18,14 +18,15 @@ import json
 import os
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from jobs.checkpoint_index import latest_checkpoint
+from jobs.contract.checkpoint_index import latest_checkpoint
 from orchestrator.backends import get_backend
 from orchestrator.errors import ConfigError, PodrunError
-from orchestrator.jobstore import CANCELLED, SUCCEEDED, JobRecord, find_record, is_terminal
+from orchestrator.launch import LaunchRequest, launch, resolve
+from orchestrator.spec.jobstore import CANCELLED, SUCCEEDED, JobRecord, find_record, is_terminal
 
 SWEEP_PREFIX = "sweep-"
 
@@ -55,6 +56,7 @@ class SweepRecord:
     backend: str | None = None
     cluster_file: str | None = None
     on: str | None = None
+    preflight: bool = True
     cancelled: bool = False
     state: str = "RUNNING"
     created_at: float = field(default_factory=time.time)
@@ -107,32 +109,32 @@ def scale_grid(nodes: list[int], tasks: list[int] | None) -> list[Scale]:
 # --------------------------------------------------------------------------- running
 
 
-def run_sweep(job: str, assignments: list[str], nodes: list[int], tasks: list[int] | None, *, backend: str | None,
-              cluster_file: str | None, on: str | None, resume: bool, check_data: Any = None) -> int:
-    """Run every scale of the sweep (or what is left of it with ``resume``), then report.
+def run_sweep(request: LaunchRequest, nodes: list[int], tasks: list[int] | None, *, resume: bool) -> int:
+    """Run every scale of the sweep of ``request`` (or what is left of it with ``resume``), then report.
 
     Returns 0 when every scale reached its target, else the first other exit code.
 
     Raises:
         ConfigError: bad scales, or ``--resume`` without a matching earlier sweep.
     """
-    from orchestrator.resolve import load_job, podrun_home
+    from orchestrator.spec.paths import podrun_home
 
     home = podrun_home()
-    base = load_job(job, assignments, cluster_file=cluster_file, backend=backend)
+    base = resolve(replace(request, resume=None))
     for scale in scale_grid(nodes, tasks):  # every scale resolves before the first one starts
-        load_job(job, _scale_sets(assignments, base.job.name, scale), cluster_file=cluster_file, backend=backend)
+        resolve(replace(request, resume=None, assignments=_scale_sets(request.assignments, base.job.name, scale)))
     sweep = _resumed(home, base.job.name, nodes, tasks) if resume else None
     if sweep is None:
         sweep = SweepRecord(f"{SWEEP_PREFIX}{base.job.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}",
-                            base.job.name, job, assignments, scale_grid(nodes, tasks), base.tracking_uri,
-                            base.job.experiment, backend=backend, cluster_file=cluster_file, on=on)
+                            base.job.name, request.job, request.assignments, scale_grid(nodes, tasks),
+                            base.tracking_uri, base.job.experiment, backend=request.backend,
+                            cluster_file=request.cluster_file, on=request.on, preflight=request.preflight)
         sweep.parent_run_id = open_parent_run(sweep, base)
     sweep.state, sweep.cancelled = "RUNNING", False
     sweep.save(home)
     print(f"sweep {sweep.sweep_id}: {', '.join(s.label for s in sweep.scales)} (nodes x tasks per node); "
           f"cancel with: podrun cancel {sweep.sweep_id}", flush=True)
-    codes = [_run_scale(home, sweep, scale, check_data) for scale in sweep.scales]
+    codes = [_run_scale(home, sweep, scale) for scale in sweep.scales]
     return _finish(home, sweep, codes)
 
 
@@ -147,11 +149,8 @@ def _resumed(home: Path, name: str, nodes: list[int], tasks: list[int] | None) -
     raise ConfigError(f"--resume: no earlier sweep of '{name}' under {home / 'sweeps'}; run without --resume")
 
 
-def _run_scale(home: Path, sweep: SweepRecord, scale: Scale, check_data: Any) -> int | None:
+def _run_scale(home: Path, sweep: SweepRecord, scale: Scale) -> int | None:
     """Launch one scale and follow it to its end; None when it was skipped (done, or the sweep stopped)."""
-    from orchestrator.console import follow_job
-    from orchestrator.resolve import load_job
-
     if SweepRecord.load(SweepRecord.folder(home, sweep.sweep_id) / "sweep.json").cancelled or sweep.cancelled:
         sweep.cancelled = True
         return None
@@ -162,20 +161,20 @@ def _run_scale(home: Path, sweep: SweepRecord, scale: Scale, check_data: Any) ->
     # the folder of the checkpoints names the job that started them (a resumed job writes into it too)
     resume = Path(previous.checkpoint_dir).name if previous and latest_checkpoint(Path(previous.checkpoint_dir)) \
         else None
-    plan = load_job(sweep.job, _scale_sets(sweep.assignments, sweep.name, scale), cluster_file=sweep.cluster_file,
-                    backend=sweep.backend, resume=resume)
-    plan.job.tags = {"mlflow.parentRunId": sweep.parent_run_id, "podrun.sweep": sweep.sweep_id,
-                     "podrun.scale": scale.label}
-    if check_data is not None:
-        check_data(plan.job)
-    backend = get_backend("slurm" if sweep.on == "slurm" else plan.backend)
-    print(f"[sweep] {scale.label}: {plan.job.world_size} ranks" + (f", resuming {resume}" if resume else ""),
-          flush=True)
-    record = backend.submit(plan)
-    scale.job_id = record.job_id
-    sweep.save(home)
-    code = follow_job(backend, record)
-    scale.state = JobRecord.load(record.path).state
+    request = LaunchRequest(sweep.job, _scale_sets(sweep.assignments, sweep.name, scale), backend=sweep.backend,
+                            on=sweep.on, cluster_file=sweep.cluster_file, resume=resume, preflight=sweep.preflight,
+                            tags={"mlflow.parentRunId": sweep.parent_run_id, "podrun.sweep": sweep.sweep_id,
+                                  "podrun.scale": scale.label})
+
+    def submitted(plan: Any, record: JobRecord) -> None:
+        print(f"[sweep] {scale.label}: {plan.job.world_size} ranks" + (f", resuming {resume}" if resume else ""),
+              flush=True)
+        scale.job_id = record.job_id
+        sweep.save(home)
+
+    code = launch(request, on_submitted=submitted)
+    ended = _record(home, scale.job_id)
+    scale.state = ended.state if ended is not None else "FAILED"
     sweep.cancelled = sweep.cancelled or scale.state == CANCELLED
     sweep.save(home)
     return code
@@ -205,7 +204,7 @@ def _finish(home: Path, sweep: SweepRecord, codes: list[int | None]) -> int:
     if sweep.cancelled:
         print(f"sweep {sweep.sweep_id} cancelled; continue it with: podrun sweep {sweep.job} ... --resume")
         return 3
-    from orchestrator.report import build_report
+    from orchestrator.studies.report import build_report
 
     report = build_report(sweep.tracking_uri, sweep.parent_run_id)
     print(report.text)
@@ -234,9 +233,9 @@ def open_parent_run(sweep: SweepRecord, plan: Any) -> str:
     """Create the sweep's MLflow parent run, with what the report needs to predict from it."""
     from mlflow.entities import Param
 
-    from jobs.mlflow_send import experiment_id
-    from orchestrator.predict import comm_bytes, fabric_for, model_parameters
-    from orchestrator.tracking_client import tracking_client
+    from jobs.tracking.mlflow_send import experiment_id
+    from orchestrator.studies.predict import comm_bytes, fabric_for, model_parameters
+    from orchestrator.studies.tracking_client import tracking_client
 
     client = tracking_client(sweep.tracking_uri)
     experiment = experiment_id(client, sweep.experiment, sweep.tracking_uri)
@@ -257,7 +256,7 @@ def open_parent_run(sweep: SweepRecord, plan: Any) -> str:
 
 
 def _close_parent_run(sweep: SweepRecord) -> None:
-    from orchestrator.tracking_client import tracking_client
+    from orchestrator.studies.tracking_client import tracking_client
 
     try:
         tracking_client(sweep.tracking_uri).set_terminated(sweep.parent_run_id,

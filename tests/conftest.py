@@ -22,7 +22,7 @@ def registry_only_where_marked(request: pytest.FixtureRequest) -> Iterator[None]
     (tests/test_run_page*.py, the README's Ray line, the two-node Slurm run); the rest
     would only pay for it.
     """
-    from jobs.job import RegistryConfig
+    from jobs.contract.job import RegistryConfig
 
     if request.node.get_closest_marker("registry"):
         yield
@@ -40,7 +40,7 @@ def registry_only_where_marked(request: pytest.FixtureRequest) -> Iterator[None]
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root holding ``digits/`` (scikit-learn's digits as ImageNet-layout JPEGs)."""
-    from orchestrator.datasets import write_digits
+    from orchestrator.datasets.images import write_digits
 
     root = tmp_path_factory.mktemp("data")
     write_digits(root / "digits")
@@ -50,7 +50,7 @@ def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def translation_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root holding ``translation-toy/`` (two artificial languages) and its tokenizer."""
-    from orchestrator.translation_toy import write_translation_toy
+    from orchestrator.datasets.translation_toy import write_translation_toy
 
     root = tmp_path_factory.mktemp("text")
     write_translation_toy(root / "translation-toy")

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import torch
 
-from jobs import exit_codes
-from jobs.checkpoint import latest_checkpoint, load_checkpoint
-from orchestrator.jobstore import list_records
+from jobs.contract import exit_codes
+from jobs.rank.checkpoint import latest_checkpoint, load_checkpoint
+from orchestrator.spec.jobstore import list_records
 from tests.waiting import wait_for_text, wait_until
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs import exit_codes
-from jobs.recipe import Recipe
+from jobs.contract import exit_codes
+from jobs.contract.recipe import Recipe
 from orchestrator.cli import main
-from orchestrator.profiles import ClusterProfile
-from orchestrator.resolve import load_job
-from orchestrator.scaling import derive
+from orchestrator.spec.profiles import ClusterProfile
+from orchestrator.spec.resolve import load_job
+from orchestrator.spec.scaling import derive
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -155,7 +155,7 @@ def test_pinned_values_win():
 
 
 def test_bundled_profiles_are_valid():
-    from orchestrator.resolve import load_profiles
+    from orchestrator.spec.resolve import load_profiles
 
     profiles = load_profiles(REPO / "cluster.yaml")
     assert {"local", "dgx2", "superpod"} <= set(profiles)

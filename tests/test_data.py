@@ -16,9 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.data.images import ImageLoader, build_loader
-from jobs.recipe import DataConfig
-from orchestrator.datasets import write_digits, write_synthetic
+from jobs.data.config import ImageDataConfig
+from jobs.data.image_loader import build_loader
+from jobs.data.images import ImageLoader
+from orchestrator.datasets.images import write_digits, write_synthetic
 from orchestrator.errors import DataError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +51,7 @@ def identity_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_loader(data_dir: Path, backend: str, split: str = "train", *, rank: int = 0, world_size: int = 1,
                 seed: int = 7, channels_last: bool = True, **cfg: object) -> ImageLoader:
-    config = DataConfig(backend=backend, image_size=16, val_resize=20, workers=2, **cfg)
+    config = ImageDataConfig(backend=backend, image_size=16, val_resize=20, workers=2, **cfg)
     return build_loader(config, split, data_dir=data_dir, rank=rank, world_size=world_size, batch_size=BATCH,
                         seed=seed, device=torch.device("cpu"), channels_last=channels_last, num_classes=64)
 
@@ -178,9 +179,9 @@ FRESH_PROCESS = """
 import sys, hashlib, torch
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from jobs.data.images import build_loader
-from jobs.recipe import DataConfig
-cfg = DataConfig(backend={backend!r}, image_size=16, val_resize=20, workers=2)
+from jobs.data.image_loader import build_loader
+from jobs.data.config import ImageDataConfig
+cfg = ImageDataConfig(backend={backend!r}, image_size=16, val_resize=20, workers=2)
 loader = build_loader(cfg, "train", data_dir=Path({data!r}), rank=0, world_size=2, batch_size=4, seed=7,
                       device=torch.device("cpu"), channels_last=True, num_classes=64)
 digest = hashlib.sha256()

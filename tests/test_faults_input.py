@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs import exit_codes
-from jobs.checkpoint import load_resumable
-from jobs.errors import CheckpointError
+from jobs.contract import exit_codes
+from jobs.contract.errors import CheckpointError
+from jobs.rank.checkpoint import load_resumable
 from orchestrator.cli import main
 
 LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -76,7 +76,7 @@ def test_duplicate_keys_in_a_recipe_and_a_cluster_file(tmp_path, capsys, podrun_
 
 
 def test_yaml_merge_keys_still_override(tmp_path, podrun_home):
-    from jobs.config_io import read_yaml
+    from jobs.contract.config_io import read_yaml
 
     path = tmp_path / "c.yaml"
     path.write_text("base: &b {a: 1, b: 2}\nc:\n  <<: *b\n  a: 5\n")
@@ -142,7 +142,7 @@ def test_garbage_checkpoints_without_checksums_give_one_error(tmp_path, capsys):
 
 
 def make_record(home: Path, job_id: str) -> Path:
-    from orchestrator.jobstore import JobRecord
+    from orchestrator.spec.jobstore import JobRecord
 
     job_dir = home / "jobs" / job_id
     JobRecord(job_id=job_id, name="resnet50-tiny", backend="local", recipe="resnet50", cluster="local",
@@ -198,7 +198,7 @@ def test_damaged_job_record(capsys, podrun_home, garbage):
 
 
 def test_damaged_run_info_and_outcome_read_as_missing(tmp_path):
-    from jobs.checkpoint_index import read_run_info
+    from jobs.contract.checkpoint_index import read_run_info
 
     for garbage in (b"\x00\xff", b"[1]", b'{"attempts": 5, "mlflow_run_id": 7, "tracking_uri": "x"}'):
         (tmp_path / "run.json").write_bytes(garbage)

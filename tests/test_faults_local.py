@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs import exit_codes
-from jobs.checkpoint_index import checkpoint_problem, list_checkpoints
+from jobs.contract import exit_codes
+from jobs.contract.checkpoint_index import checkpoint_problem, list_checkpoints
 from orchestrator.backends.local import RANK_GRACE_S, pid_alive
 from orchestrator.cli import main
-from orchestrator.jobstore import list_records
+from orchestrator.spec.jobstore import list_records
 from tests.faults import (
     LOCAL_JOB,
     REPO,
@@ -96,9 +96,9 @@ def test_stopped_rank_is_named_by_the_watchdog_and_resume_matches(podrun_home, c
 
 
 def test_gpu_ranks_get_nccl_async_error_handling_and_a_group_timeout_above_the_watchdog(tmp_path, podrun_home):
-    from jobs.watchdog import process_group_timeout_s
+    from jobs.rank.watchdog import process_group_timeout_s
     from orchestrator.backends.local import LocalBackend
-    from orchestrator.resolve import load_job
+    from orchestrator.spec.resolve import load_job
 
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text("profiles:\n  gpus: {scheduler: local, gpus_per_node: 2}\n")
@@ -172,9 +172,9 @@ def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(podrun_
 
 
 def test_checkpoint_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
-    from jobs.checkpoint_lock import CheckpointInUse, hold
+    from jobs.rank.checkpoint_lock import CheckpointInUse, hold
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom jobs.checkpoint_lock import hold\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom jobs.rank.checkpoint_lock import hold\n"
                                f"with hold({str(tmp_path)!r}, 'first-job'):\n print('held', flush=True)\n"
                                " time.sleep(60)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from jobs import exit_codes
-from jobs.checkpoint_index import read_run_info
+from jobs.contract import exit_codes
+from jobs.contract.checkpoint_index import read_run_info
 from orchestrator.cli import main
-from orchestrator.jobstore import list_records
+from orchestrator.spec.jobstore import list_records
 from tests.faults import LOCAL_JOB, STEPS_PER_EPOCH, assert_same_result
 from tests.fixtures import mlflow_server
 from tests.fixtures.mlflow_server import MlflowServer

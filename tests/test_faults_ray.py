@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from orchestrator.jobstore import list_records
+from orchestrator.spec.jobstore import list_records
 from tests.faults import SETTINGS, assert_same_result, kill, podrun
 from tests.test_ray_backend import ray_logs, ray_profile, wait_for_log  # noqa: F401 - ray_profile is a fixture
 from tests.waiting import wait_state, wait_until

@@ -20,7 +20,7 @@ import pytest
 from orchestrator.backends import get_backend
 from orchestrator.backends.lifeline import descendants
 from orchestrator.cli import main
-from orchestrator.jobstore import list_records
+from orchestrator.spec.jobstore import list_records
 from tests.faults import SETTINGS, assert_same_result, kill, podrun
 from tests.fixtures.slurm import SlurmCluster, find_program
 from tests.fixtures.sshd import SshServer, running_sshd, wait_for_banner

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.jobstore import SUCCEEDED
+from orchestrator.spec.jobstore import SUCCEEDED
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "cluster.yaml", "jobs", "orchestrator",

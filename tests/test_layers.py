@@ -52,7 +52,7 @@ def test_cli_answers_without_torch_mlflow_or_ray(argv, podrun_home):
 def test_status_of_a_finished_job_imports_nothing_heavy(podrun_home):
     import os
 
-    from orchestrator.jobstore import JobRecord
+    from orchestrator.spec.jobstore import JobRecord
 
     record = JobRecord(job_id="done-1", name="x", backend="local", recipe="resnet50", cluster="local",
                        job_dir=str(podrun_home / "jobs" / "done-1"), checkpoint_dir=str(podrun_home / "c"),
@@ -63,11 +63,13 @@ def test_status_of_a_finished_job_imports_nothing_heavy(podrun_home):
 
 
 def test_the_training_loop_imports_neither_ray_dali_nor_mlflow():
-    body = "import jobs.run, jobs.train, jobs.tasks, jobs.data.images, jobs.data.pillow, jobs.run_tracking"
+    body = ("import jobs.run, jobs.train, jobs.tasks.image_classification, jobs.tasks.translation, jobs.data.images, "
+            "jobs.data.image_loader, jobs.data.pillow, jobs.tracking.run_tracking")
     assert heavy_modules_after(body) == ["torch"]
 
 
 def test_the_rank_contract_imports_nothing_heavy():
-    body = ("import jobs.job, jobs.recipe, jobs.exit_codes, jobs.progress, jobs.checkpoint_index, jobs.spool, "
-            "jobs.config_io, jobs.placement, jobs.tracker")
+    body = ("import jobs.contract.job, jobs.contract.recipe, jobs.contract.exit_codes, jobs.contract.progress, "
+            "jobs.contract.checkpoint_index, jobs.contract.config_io, jobs.contract.placement, jobs.tracking.spool, "
+            "jobs.tracking.tracker, jobs.tasks.image_classification, jobs.tasks.translation")
     assert heavy_modules_after(body) == []

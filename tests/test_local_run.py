@@ -10,11 +10,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from jobs import exit_codes
-from jobs.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
-from jobs.mlperf_log import run_compliance_checker
+from jobs.contract import exit_codes
+from jobs.rank.checkpoint import latest_checkpoint, load_checkpoint, read_run_info
+from jobs.rank.mlperf_log import run_compliance_checker
 from orchestrator.cli import main
-from orchestrator.jobstore import list_records
+from orchestrator.spec.jobstore import list_records
 from tests.conftest import REPO
 from tests.waiting import wait_for_text, wait_state
 
@@ -160,7 +160,7 @@ def test_rendered_script_runs_on_its_own(local_env, capsys, tmp_path):
     import os
     import subprocess
 
-    from jobs.placement import free_port
+    from jobs.contract.placement import free_port
 
     assert main(["render", JOB, "--set", "train.epochs=1", "--set", "eval.target=1.0"]) == 0
     script = tmp_path / "job.sh"
@@ -208,7 +208,7 @@ def text_env(local_env, translation_root, monkeypatch) -> Path:
 
 
 def test_transformer_reaches_its_bleu_target_with_mlflow_and_mllog(text_env, capsys):
-    from jobs.translation import check_compliance
+    from jobs.tasks.translation import check_compliance
 
     assert main(["launch", TRANSFORMER]) == exit_codes.SUCCESS
     assert "[done] reached target" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""MLPerf logs written through jobs.mlperf_log pass (or fail) the real compliance checker."""
+"""MLPerf logs written through jobs.rank.mlperf_log pass (or fail) the real compliance checker."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from jobs.job import Derivation
-from jobs.mlperf_log import (
+from jobs.contract.job import Derivation
+from jobs.contract.recipe import Recipe
+from jobs.rank.mlperf_log import (
     MlperfLogger,
     closed_division_problems,
     log_resnet_hparams,
     log_submission,
     run_compliance_checker,
 )
-from jobs.recipe import Recipe
 
 STEPS_PER_EPOCH = 40
 
@@ -90,7 +90,7 @@ def test_closed_run_passes_checker(tmp_path: Path, optimizer: str) -> None:
     assert keys["model_bn_span"]["value"] == 256
     # 4 epochs x 40 steps, minus 2 warmup epochs
     assert keys[f"{optimizer}_opt_learning_rate_decay_steps"]["value"] == 80
-    # the call site is the caller of MlperfLogger, not jobs/mlperf_log.py's event()
+    # the call site is the caller of MlperfLogger, not jobs/rank/mlperf_log.py's event()
     assert keys["run_start"]["metadata"]["file"].endswith("test_mlperf_log.py")
 
 

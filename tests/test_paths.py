@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs import exit_codes
-from orchestrator import paths
+from jobs.contract import exit_codes
+from orchestrator.backends.ray_runtime import code_env
 from orchestrator.cli import main
-from orchestrator.ray_runtime import code_env
-from orchestrator.resolve import load_job
+from orchestrator.spec import paths
+from orchestrator.spec.resolve import load_job
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,7 +127,7 @@ def test_init_copies_the_bundled_files_and_will_not_overwrite(elsewhere, capsys)
 
 def test_ray_gets_the_checkout_or_the_installed_packages(monkeypatch):
     assert code_env() == {"working_dir": str(REPO)}
-    monkeypatch.setattr("orchestrator.ray_runtime.checkout_root", lambda: None)
+    monkeypatch.setattr("orchestrator.backends.ray_runtime.checkout_root", lambda: None)
     modules = [Path(p) for p in code_env()["py_modules"]]
     assert [p.name for p in modules] == ["jobs", "orchestrator"]
     assert all((p / "__init__.py").is_file() for p in modules)

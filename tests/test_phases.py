@@ -6,10 +6,11 @@ import time
 
 import pytest
 
-from jobs.phases import PhaseClock, process_start_time
+from jobs.rank.phases import PhaseClock, process_start_time
+from jobs.rank.state import LoopState
 from orchestrator.backends.slurm import slurm_time
-from orchestrator.jobstore import JobRecord
-from orchestrator.run_phases import breakdown_metrics, format_breakdown, phase_breakdown
+from orchestrator.spec.jobstore import JobRecord
+from orchestrator.studies.run_phases import breakdown_metrics, format_breakdown, phase_breakdown
 
 RANK_SUM = ("startup", "lost", "data_wait", "compute", "eval", "checkpoint")
 
@@ -23,15 +24,15 @@ def slow_batches(count: int, delay: float):
 def test_rank_phases_add_up_to_the_rank_wall_time_across_a_resume():
     clock = PhaseClock()
     clock.origin = time.time() - 0.2  # the process started 0.2 s ago
-    state: dict = {"saved_at": 0.0}
-    clock.start_run(state, time.time())
+    state = LoopState()
+    clock.start_run(state.phases, state.saved_at, time.time())
     for _ in clock.waiting(slow_batches(3, 0.02)):
         time.sleep(0.03)  # "compute"
     with clock.measure("eval"):
         time.sleep(0.05)
     with clock.measure("checkpoint"):
-        state["saved_at"] = time.time()
-        state["phases"] = clock.totals(state["saved_at"])
+        state.saved_at = time.time()
+        state.phases = clock.totals(state.saved_at)
         time.sleep(0.02)
     first = clock.totals()
     assert first["startup"] == pytest.approx(0.2, abs=0.05)
@@ -40,19 +41,19 @@ def test_rank_phases_add_up_to_the_rank_wall_time_across_a_resume():
 
     time.sleep(0.1)  # preempted: requeue and start-up of the next attempt
     resumed = PhaseClock()
-    resumed.start_run(dict(state), time.time())
+    resumed.start_run(state.phases, state.saved_at, time.time())
     with resumed.measure("eval"):
         time.sleep(0.02)
     now = time.time()
     totals = resumed.totals(now)
-    assert totals["lost"] == pytest.approx(now - state["saved_at"] - 0.02, abs=0.03)
+    assert totals["lost"] == pytest.approx(now - state.saved_at - 0.02, abs=0.03)
     assert sum(totals[name] for name in RANK_SUM) == pytest.approx(now - clock.origin, abs=0.01)
     assert totals["startup"] == first["startup"]
 
 
 def test_nested_measures_count_once_and_process_start_is_in_the_past():
     clock = PhaseClock()
-    clock.start_run({}, time.time())
+    clock.start_run({}, 0.0, time.time())
     with clock.measure("checkpoint"), clock.measure("eval"):
         time.sleep(0.03)
     totals = clock.totals()

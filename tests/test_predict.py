@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs import exit_codes
+from jobs.contract import exit_codes
 from orchestrator.cli import main
-from orchestrator.predict_mlperf import RESNET50_PARAMETERS, check_results, load_results, markdown_table
-from orchestrator.predict_model import Fabric, allreduce_seconds, bus_bandwidth, calibrate_rate, step_seconds
-from orchestrator.rcp import convergence_points, epochs_to_converge, rcp_round, rcp_rounds
+from orchestrator.studies.predict_mlperf import RESNET50_PARAMETERS, check_results, load_results, markdown_table
+from orchestrator.studies.predict_model import Fabric, allreduce_seconds, bus_bandwidth, calibrate_rate, step_seconds
+from orchestrator.studies.rcp import convergence_points, epochs_to_converge, rcp_round, rcp_rounds
 from tests.conftest import REPO
 
 DGX_A100 = Fabric(gpus_per_node=8, nvlink_bps=300e9, network_bps=200e9, hop_s=5e-6)
@@ -54,8 +54,8 @@ def test_calibration_inverts_the_step_model():
 
 
 def test_resnet50_parameters_match_the_recipe_model(podrun_home):
-    from orchestrator.predict import model_parameters
-    from orchestrator.resolve import load_job
+    from orchestrator.spec.resolve import load_job
+    from orchestrator.studies.predict import model_parameters
 
     assert model_parameters(load_job("resnet50")) == RESNET50_PARAMETERS
 

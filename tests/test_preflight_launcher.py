@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs import exit_codes
+from jobs.contract import exit_codes
+from jobs.contract.preflight_spec import CHECKS
 from jobs.preflight.record import preflight_record
 from jobs.preflight.result import Report, failed, passed
-from jobs.preflight.spec import CHECKS
 from orchestrator.cli import main
-from orchestrator.preflight import Excluded, decide, parse_sinfo_nodes, status_note
-from orchestrator.resolve import load_job
+from orchestrator.preflight.policy import Excluded, decide, parse_sinfo_nodes, status_note
+from orchestrator.spec.resolve import load_job
 
 REPO = Path(__file__).resolve().parent.parent
 

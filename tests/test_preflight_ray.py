@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from jobs import exit_codes
+from jobs.contract import exit_codes
 from orchestrator.cli import main
-from orchestrator.jobstore import list_records
+from orchestrator.spec.jobstore import list_records
 from tests.test_ray_backend import JOB, ray_logs, ray_profile  # noqa: F401 (ray_profile is a fixture)
 
 pytestmark = pytest.mark.slow

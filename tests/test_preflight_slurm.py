@@ -12,8 +12,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from jobs import exit_codes
-from jobs.checkpoint_index import read_run_info
+from jobs.contract import exit_codes
+from jobs.contract.checkpoint_index import read_run_info
 from orchestrator.cli import main
 from tests.test_slurm_backend import job_args, make_profile, newest_record, slurm_log
 from tests.waiting import wait_for_text, wait_state, wait_until

@@ -14,12 +14,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from jobs import exit_codes
-from jobs.checkpoint_index import read_run_info
+from jobs.contract import exit_codes
+from jobs.contract.checkpoint_index import read_run_info
 from orchestrator.backends.ray_backend import RayBackend
 from orchestrator.cli import main
-from orchestrator.jobstore import JobRecord, list_records
-from orchestrator.run_phases import record_phases
+from orchestrator.spec.jobstore import JobRecord, list_records
+from orchestrator.studies.run_phases import record_phases
 from tests.waiting import status_logs_then_cancel, wait_state, wait_until
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,16 +13,16 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from jobs import exit_codes
-from jobs.checkpoint import save_checkpoint
-from jobs.dataset_inputs import dataset_records
-from jobs.model_registry import MODEL_TAG, model_record
-from jobs.run_page import NOTE_TAG, RESULT_TAG, describe, run_page_record
-from jobs.run_tracking import job_params
-from jobs.tracker import Tracker
+from jobs.contract import exit_codes
+from jobs.rank.checkpoint import save_checkpoint
+from jobs.tracking.dataset_inputs import dataset_records
+from jobs.tracking.model_registry import MODEL_TAG, model_record
+from jobs.tracking.run_page import NOTE_TAG, RESULT_TAG, describe, run_page_record
+from jobs.tracking.run_tracking import job_params
+from jobs.tracking.tracker import Tracker
 from orchestrator.cli import main
 from orchestrator.export import ATOL, ONNX_TAG
-from orchestrator.resolve import load_job
+from orchestrator.spec.resolve import load_job
 
 EVALS = [(1, 0.41), (2, 0.87), (3, 0.93)]
 pytestmark = pytest.mark.registry
@@ -38,14 +38,14 @@ def finished_run(tmp_path: Path, job, model: torch.nn.Module, inputs: dict[str, 
     tracker.set_tags({"git_sha": "0123abcd", "attempts": "2", "job_id": job.job_id})
     for record in dataset_records(job):
         tracker.log_record(record)
-    metric = "bleu" if job.recipe.model.arch == "transformer" else "top1"
+    metric = job.recipe.task_class().metric
     for epoch, value in EVALS:
         tracker.log_metrics({f"eval_{metric}": value, "train_loss": 2.0 / epoch, "throughput_img_per_s": 900.0},
                             step=epoch)
     tracker.log_metrics({"time_to_train_s": 31.25, "reached_target": 1.0, "mean_throughput_img_per_s": 912.4,
                          "phase_data_s": 1.5, "time_lost_s": 4.0}, step=66)
     tracker.log_record(model_record(job, checkpoint, tmp_path / "model-inputs.npz", "reached top-1 0.930 >= 0.9"))
-    tracker.log_record(run_page_record(job, metric, "img", exit_codes.SUCCESS))
+    tracker.log_record(run_page_record(job, exit_codes.SUCCESS))
     assert tracker.finish("FINISHED")
     return tracker.run_id
 
@@ -144,7 +144,8 @@ def test_transformer_exports_its_encoder_and_one_decoder_step(podrun_home, trans
 def test_description_says_what_happened_when_the_target_was_missed():
     params = {"recipe": "transformer", "preset": "", "cluster": "superpod", "backend": "slurm", "nodes": "32",
               "tasks_per_node": "8", "device": "cuda", "world_size": "256", "comm": "horovod"}
-    record = {"metric": "bleu", "unit": "tok", "target": 25.0, "code": exit_codes.NOT_REACHED, "command": ""}
+    record = {"metric": "bleu", "label": "BLEU", "digits": 2, "unit": "tok", "target": 25.0,
+              "code": exit_codes.NOT_REACHED, "command": ""}
     text = describe(params, {"epochs_run": 4.0}, {"slurm_restart_count": "1", "attempts": "2"},
                     [(1, 12.5), (4, 24.31)], record)
     assert text.startswith("**did not reach BLEU 25: best 24.31 in 4 epochs**\n")

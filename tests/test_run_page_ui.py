@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs import exit_codes
+from jobs.contract import exit_codes
 from orchestrator.cli import main
-from orchestrator.jobstore import list_records
+from orchestrator.spec.jobstore import list_records
 from tests.conftest import REPO
 from tests.fixtures.mlflow_server import MlflowServer
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.store_uri import absolute_store_uri, display_uri, local_store_path
+from jobs.tracking.store_uri import absolute_store_uri, display_uri, local_store_path
 from orchestrator.errors import ConfigError
-from orchestrator.resolve import load_job
-from orchestrator.run_record import check_outlives, reproduce_command
+from orchestrator.spec.resolve import load_job
+from orchestrator.spec.run_record import check_outlives, reproduce_command
 from tests.test_config import render_error
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs import exit_codes
-from jobs.config_io import read_yaml
-from jobs.secret_filter import MASK, mask_text, mask_uri, split_credentials
+from jobs.contract import exit_codes
+from jobs.contract.config_io import read_yaml
+from jobs.contract.secret_filter import MASK, mask_text, mask_uri, split_credentials
 from orchestrator.cli import main
-from orchestrator.jobstore import list_records
+from orchestrator.spec.jobstore import list_records
 from tests.waiting import wait_state, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,9 +89,9 @@ def test_mask_text_keeps_keys_and_references():
 def test_rendered_scripts_and_plans_hold_references_not_secrets(backend, tmp_path, planted, podrun_home,
                                                                monkeypatch, capsys):
     from orchestrator.backends import get_backend
-    from orchestrator.job_env import submission_environment
-    from orchestrator.jobspec import dump_plan
-    from orchestrator.resolve import load_job
+    from orchestrator.spec.job_env import submission_environment
+    from orchestrator.spec.jobspec import dump_plan
+    from orchestrator.spec.resolve import load_job
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://podrun:{planted['mlflow_password']}@127.0.0.1:5000")
     scheduler = {"local": "local", "ray": "ray"}.get(backend, "slurm")
@@ -133,8 +133,8 @@ def test_render_names_the_variables_and_launch_refuses_an_unset_one(tmp_path, pl
 
 def test_ssh_passes_variables_in_the_channel_not_the_command_line(ssh_server, planted, monkeypatch):
     """What sbatch and login.env need reaches the remote command; the login node's ps never shows it."""
-    from orchestrator.profiles import LoginConfig
-    from orchestrator.tunnel import SSHTunnel
+    from orchestrator.backends.tunnel import SSHTunnel
+    from orchestrator.spec.profiles import LoginConfig
 
     login = LoginConfig(host="127.0.0.1", port=ssh_server.port, user="root", key_file=str(ssh_server.client_key_path),
                         known_hosts=str(ssh_server.known_hosts_path), env={"FROM_LOGIN": "${MY_SECRET_TOKEN}"})
@@ -176,8 +176,8 @@ def assert_owner_only(path: Path) -> None:
 def test_a_job_with_secrets_everywhere_leaks_none(tmp_path, planted, podrun_home, monkeypatch, capsys):
     from mlflow import MlflowClient
 
-    from jobs.placement import free_port
-    from jobs.tracker import replay_spool
+    from jobs.contract.placement import free_port
+    from jobs.tracking.tracker import replay_spool
 
     # The MLflow server is down: everything the job records waits in the spool, sent below.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://podrun:{planted['mlflow_password']}@127.0.0.1:{free_port()}")

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.placement import expand_hostlist
-from orchestrator import resolve
+from jobs.contract.placement import expand_hostlist
 from orchestrator.backends.slurm import (
     SLURM_STATES,
     SlurmBackend,
@@ -20,7 +19,8 @@ from orchestrator.backends.slurm import (
     sbatch_value,
 )
 from orchestrator.errors import ConfigError
-from orchestrator.jobstore import FAILED, PENDING, RUNNING, SUCCEEDED
+from orchestrator.spec import resolve
+from orchestrator.spec.jobstore import FAILED, PENDING, RUNNING, SUCCEEDED
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "golden"

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs import exit_codes
-from jobs.checkpoint import latest_checkpoint, load_checkpoint
-from jobs.job import ResolvedJob
-from jobs.placement import free_port
+from jobs.contract import exit_codes
+from jobs.contract.job import ResolvedJob
+from jobs.contract.placement import free_port
+from jobs.rank.checkpoint import latest_checkpoint, load_checkpoint
 from orchestrator.cli import main
-from orchestrator.resolve import load_job
+from orchestrator.spec.resolve import load_job
 
 BATCH = 16
 STEPS = 6  # optimizer steps per epoch
@@ -177,7 +177,7 @@ def test_compile_recompiles_a_bounded_number_of_times_on_changing_batch_shapes(o
 
 def launch_two_ranks(*settings: str) -> tuple[int, str]:
     """``podrun launch resnet50:tiny`` with 2 local ranks and the tiny settings; (exit code, rank 0's log)."""
-    from orchestrator.jobstore import list_records
+    from orchestrator.spec.jobstore import list_records
 
     argv = ["launch", "resnet50:tiny", "--set", "tasks_per_node=2"]
     for setting in (*TINY, f"data.synthetic_samples={2 * BATCH * STEPS}", *settings):
@@ -209,7 +209,7 @@ def test_ddp_and_compile_on_two_ranks_reach_the_target(local_env):
     code, log = launch_two_ranks("train.compile=true", "train.epochs=6", "eval.target=0.9", "eval.start_epoch=0")
     assert code == exit_codes.SUCCESS, log[-3000:]
     assert "[compile] torch.compile" in log and "[done] reached target" in log
-    from orchestrator.jobstore import list_records
+    from orchestrator.spec.jobstore import list_records
 
     (record,) = list_records(local_env)
     saved = load_checkpoint(latest_checkpoint(Path(record.checkpoint_dir)))
@@ -235,7 +235,7 @@ def test_a_mode_the_device_cannot_run_is_one_line_at_render_time(podrun_home, ca
 
 
 def test_the_precision_rules_know_which_gpus_lack_bf16_and_tf32():
-    from jobs.modes import precision_problem
+    from jobs.contract.modes import precision_problem
 
     assert "use --set train.precision=amp-fp16" in precision_problem("amp-bf16", "cuda", capability=(7, 0))
     assert "use --set train.precision=fp32" in precision_problem("tf32", "cuda", gpu="Tesla T4")
@@ -246,7 +246,7 @@ def test_the_precision_rules_know_which_gpus_lack_bf16_and_tf32():
 
 @pytest.mark.parametrize("deferred, lands_at", [(False, 6), (True, 9)])
 def test_a_stop_lands_within_one_vote_on_cpu_and_two_on_gpus(deferred, lands_at):
-    from jobs.stopping import StopVote
+    from jobs.rank.stopping import StopVote
 
     vote = StopVote(every=3, device=torch.device("cpu"), world_size=2)  # no process group: the sum is this rank's
     vote.deferred = deferred  # what a CUDA device sets: read each vote at the next one

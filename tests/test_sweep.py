@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from jobs import exit_codes
+from jobs.contract import exit_codes
 from orchestrator.cli import main
-from orchestrator.jobstore import find_record
+from orchestrator.spec.jobstore import find_record
 from orchestrator.sweep import list_sweeps
 from tests.conftest import REPO
 from tests.fixtures.slurm import ensure_test_deps

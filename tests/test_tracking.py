@@ -1,4 +1,4 @@
-"""jobs.tracker against a real sqlite store and a real `mlflow server` that comes and goes."""
+"""jobs.tracking.tracker against a real sqlite store and a real `mlflow server` that comes and goes."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from jobs.secret_filter import sanitize_key, secret_reason
-from jobs.spool import SpoolError
-from jobs.tracker import Tracker, replay_spool
+from jobs.contract.secret_filter import sanitize_key, secret_reason
+from jobs.tracking.spool import SpoolError
+from jobs.tracking.tracker import Tracker, replay_spool
 from tests.fixtures.mlflow_server import MlflowServer
 
 

@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from jobs.data.config import TextDataConfig, TokenizerConfig
 from jobs.data.parallel_text import BOS_ID, EOS_ID, PAD_ID
 from jobs.data.text import TextLoader, build_text_loader, divisible_bounds, load_tokenizer
-from jobs.mlperf_log import MlperfLogger, log_submission
+from jobs.models.config import TransformerConfig
 from jobs.models.transformer import beam_search, build_transformer, greedy_decode
-from jobs.recipe import TextDataConfig, TokenizerConfig, TransformerConfig
-from jobs.translation import check_compliance, corpus_bleu, log_transformer_hparams, v06_lines
+from jobs.rank.mlperf_log import MlperfLogger, log_submission
+from jobs.tasks.translation import check_compliance, corpus_bleu, log_transformer_hparams, v06_lines
+from orchestrator.datasets.translation_toy import TOY_VOCAB_SIZE, toy_lexicon, write_translation_toy
 from orchestrator.errors import DataError
-from orchestrator.resolve import load_recipe
-from orchestrator.scaling import derive
-from orchestrator.translation_toy import TOY_VOCAB_SIZE, toy_lexicon, write_translation_toy
+from orchestrator.spec.resolve import load_recipe
+from orchestrator.spec.scaling import derive
 
 torch.set_num_threads(1)
 TINY = TransformerConfig(arch="transformer", d_model=32, ffn_dim=64, heads=4, encoder_layers=1, decoder_layers=2,

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jobs.contract.errors import DataError
+from jobs.data.config import ImageDataConfig
 from jobs.data.images import Batch, ImageLoader, to_model_layout
 from jobs.data.listing import AUGMENT_STREAM, ImageFolder, Split, derive_seed, epoch_order, shard_bounds
-from jobs.errors import DataError
-from jobs.recipe import DataConfig
 
 
 def import_dali() -> Any:
@@ -40,7 +40,7 @@ def import_dali() -> Any:
     return nvidia.dali
 
 
-def dali_decoder_device(cfg: DataConfig, device: torch.device) -> str:
+def dali_decoder_device(cfg: ImageDataConfig, device: torch.device) -> str:
     """``mixed`` (nvJPEG on the GPU) or ``cpu``, from ``cfg.dali_device`` and the device.
 
     Raises:
@@ -53,7 +53,7 @@ def dali_decoder_device(cfg: DataConfig, device: torch.device) -> str:
     return "mixed" if wants_gpu else "cpu"
 
 
-def dali_pipeline(files: list[str], folder: ImageFolder, cfg: DataConfig, *, train: bool, rank: int,
+def dali_pipeline(files: list[str], folder: ImageFolder, cfg: ImageDataConfig, *, train: bool, rank: int,
                   world_size: int, batch_size: int, seed: int, decoder: str, device_id: int | None,
                   layout: str) -> Any:
     """Build one epoch's pipeline: read ``files`` (shard ``rank``), decode, augment, normalise.
@@ -98,7 +98,7 @@ def dali_pipeline(files: list[str], folder: ImageFolder, cfg: DataConfig, *, tra
 class DaliLoader(ImageLoader):
     """NVIDIA DALI: ``fn.readers.file`` sharded by rank, decoding on the CPU or the GPU."""
 
-    def __init__(self, folder: ImageFolder, cfg: DataConfig, split: Split, *, rank: int, world_size: int,
+    def __init__(self, folder: ImageFolder, cfg: ImageDataConfig, split: Split, *, rank: int, world_size: int,
                  batch_size: int, seed: int, device: torch.device, channels_last: bool) -> None:
         import_dali()
         self.folder, self.cfg, self.split = folder, cfg, split

@@ -1,6 +1,6 @@
 """Image input for the ResNet-50 recipe: the loader interface, synthetic data, and the entry point.
 
-The training loop calls :func:`build_loader` once per split and then ``loader.epoch(e)``::
+The training loop calls :func:`jobs.data.image_loader.build_loader` once per split and then ``loader.epoch(e)``::
 
     loader = build_loader(cfg.data, "train", data_dir=Path("data/digits"), rank=0, world_size=1,
                           batch_size=256, seed=1, device=torch.device("cuda"),
@@ -44,14 +44,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from jobs.data.listing import AUGMENT_STREAM, ImageFolder, Split, check_topology, derive_seed, scan_split, train_batches
-from jobs.errors import DataError
-from jobs.recipe import DataConfig
+from jobs.contract.errors import DataError
+from jobs.data.config import ImageDataConfig
+from jobs.data.listing import AUGMENT_STREAM, Split, derive_seed
 
 Batch = tuple[Tensor, Tensor, Tensor]  # images, labels, sample indices (CPU int64)
 
@@ -98,7 +97,7 @@ class ImageLoader(ABC):
 class SyntheticLoader(ImageLoader):
     """One seeded random batch, made once on the device and yielded every step (no disk)."""
 
-    def __init__(self, cfg: DataConfig, split: Split, *, rank: int, world_size: int, batch_size: int,
+    def __init__(self, cfg: ImageDataConfig, split: Split, *, rank: int, world_size: int, batch_size: int,
                  seed: int, device: torch.device, channels_last: bool, num_classes: int) -> None:
         self.samples = cfg.synthetic_samples
         self.per_rank = cfg.synthetic_samples // world_size
@@ -126,45 +125,3 @@ class SyntheticLoader(ImageLoader):
             count = min(self.batch_size, self.per_rank - step * self.batch_size)
             start = self.offset + step * self.batch_size
             yield self.images[:count], self.labels[:count], torch.arange(start, start + count)
-
-
-def build_loader(cfg: DataConfig, split: Split, *, data_dir: Path, rank: int, world_size: int,
-                 batch_size: int, seed: int, device: torch.device, channels_last: bool,
-                 num_classes: int) -> ImageLoader:
-    """Build the loader of ``split`` for one rank with the backend ``cfg.backend`` names.
-
-    Raises:
-        DataError: the data set is missing, empty, has more classes than ``num_classes``, is
-            too small for one batch per rank, ``val_resize`` is below ``image_size``, or DALI
-            is missing for ``backend=dali``.
-        ValueError: rank, world size or batch size are impossible.
-    """
-    check_topology(rank, world_size, batch_size)
-    if cfg.backend == "synthetic":
-        return SyntheticLoader(cfg, split, rank=rank, world_size=world_size, batch_size=batch_size,
-                               seed=seed, device=device, channels_last=channels_last, num_classes=num_classes)
-    if cfg.backend == "dali":
-        from jobs.data.dali import DaliLoader as loader_class
-        from jobs.data.dali import import_dali
-
-        import_dali()  # fail on a missing install before scanning a large folder
-    else:
-        from jobs.data.pillow import TorchLoader as loader_class
-    if cfg.val_resize < cfg.image_size:
-        raise DataError(f"data.val_resize ({cfg.val_resize}) is smaller than data.image_size "
-                        f"({cfg.image_size}): the centre crop would fall outside the image; raise data.val_resize")
-    folder = scan_split(Path(data_dir), split)
-    check_folder(folder, split, world_size, batch_size, num_classes)
-    return loader_class(folder, cfg, split, rank=rank, world_size=world_size, batch_size=batch_size,
-                        seed=seed, device=device, channels_last=channels_last)
-
-
-def check_folder(folder: ImageFolder, split: Split, world_size: int, batch_size: int,
-                 num_classes: int) -> None:
-    """Raises DataError when the split cannot feed the model or the ranks."""
-    if len(folder.classes) > num_classes:
-        raise DataError(f"{folder.root} has {len(folder.classes)} classes but model.num_classes is "
-                        f"{num_classes}: use --set model.num_classes={len(folder.classes)}")
-    if split == "train" and train_batches(len(folder), world_size, batch_size) == 0:
-        raise DataError(f"{folder.root} has {len(folder)} images, fewer than world size {world_size} "
-                        f"x batch size {batch_size}: lower train.batch_size or use more images")

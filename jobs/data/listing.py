@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from jobs.errors import DataError
+from jobs.contract.errors import DataError
 
 Split = Literal["train", "val"]
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")

@@ -17,8 +17,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from jobs.errors import DataError
-from jobs.recipe import TextDataConfig, TokenizerConfig
+from jobs.contract.errors import DataError
+from jobs.data.config import TextDataConfig, TokenizerConfig
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPM_INPUT_SENTENCES = 5_000_000  # sentencepiece samples this many lines of a large corpus

@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from jobs.data.config import ImageDataConfig
 from jobs.data.images import Batch, ImageLoader, to_model_layout
 from jobs.data.listing import AUGMENT_STREAM, ImageFolder, Split, epoch_order, shard_bounds
-from jobs.recipe import DataConfig
 
 
 def random_resized_crop_box(
@@ -47,7 +47,7 @@ def random_resized_crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def train_transform(image: Image.Image, cfg: DataConfig, rng: np.random.Generator) -> Image.Image:
+def train_transform(image: Image.Image, cfg: ImageDataConfig, rng: np.random.Generator) -> Image.Image:
     """Random resized crop to ``cfg.image_size`` and an optional random horizontal flip."""
     left, top, w, h = random_resized_crop_box(image.width, image.height, cfg.crop_scale, cfg.crop_ratio, rng)
     size = cfg.image_size
@@ -57,7 +57,7 @@ def train_transform(image: Image.Image, cfg: DataConfig, rng: np.random.Generato
     return image
 
 
-def val_transform(image: Image.Image, cfg: DataConfig) -> Image.Image:
+def val_transform(image: Image.Image, cfg: ImageDataConfig) -> Image.Image:
     """Resize the shorter side to ``cfg.val_resize``, then centre-crop ``cfg.image_size``."""
     scale = cfg.val_resize / min(image.width, image.height)
     width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
@@ -71,7 +71,7 @@ def val_transform(image: Image.Image, cfg: DataConfig) -> Image.Image:
 class FolderDataset(torch.utils.data.Dataset):
     """The samples one rank reads in one epoch, in order; items are (HWC uint8, label, index)."""
 
-    def __init__(self, folder: ImageFolder, indices: np.ndarray, cfg: DataConfig, train: bool,
+    def __init__(self, folder: ImageFolder, indices: np.ndarray, cfg: ImageDataConfig, train: bool,
                  seed: int, epoch: int) -> None:
         self.folder, self.indices, self.cfg, self.train = folder, indices, cfg, train
         self.seed, self.epoch = seed, epoch
@@ -95,7 +95,7 @@ class FolderDataset(torch.utils.data.Dataset):
 class TorchLoader(ImageLoader):
     """``torch.utils.data.DataLoader`` workers decoding with Pillow; normalised on the device."""
 
-    def __init__(self, folder: ImageFolder, cfg: DataConfig, split: Split, *, rank: int, world_size: int,
+    def __init__(self, folder: ImageFolder, cfg: ImageDataConfig, split: Split, *, rank: int, world_size: int,
                  batch_size: int, seed: int, device: torch.device, channels_last: bool) -> None:
         self.folder, self.cfg, self.split = folder, cfg, split
         self.rank, self.world_size, self.batch_size, self.seed = rank, world_size, batch_size, seed

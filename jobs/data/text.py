@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jobs.contract.errors import DataError
+from jobs.data.config import TextDataConfig
 from jobs.data.parallel_text import BOS_ID, EOS_ID, PAD_ID, read_parallel, split_paths, tokenizer_path, train_tokenizer
-from jobs.dist import barrier
-from jobs.errors import DataError
-from jobs.recipe import TextDataConfig
+from jobs.rank.dist import barrier
 
 SHUFFLE_STREAM = 7  # keeps the batching RNG apart from other seeded streams
 

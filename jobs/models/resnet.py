@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from jobs.recipe import ModelConfig
+from jobs.models.config import ResNetConfig
 
 EXPANSION = 4
 
@@ -42,7 +42,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ResNetConfig) -> None:
         super().__init__()
         width = cfg.width
         if cfg.small_stem:
@@ -86,6 +86,6 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def build_resnet(cfg: ModelConfig) -> ResNet:
+def build_resnet(cfg: ResNetConfig) -> ResNet:
     """Build the ResNet described by ``cfg`` (ResNet-50 with the defaults)."""
     return ResNet(cfg)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jobs.recipe import TransformerConfig
+from jobs.models.config import TransformerConfig
 
 Cache = list[dict[str, Tensor]]  # one dict per decoder layer: self_k, self_v, cross_k, cross_v
 
@@ -306,3 +306,33 @@ def beam_search(model: Transformer, src: Tensor, max_len: Tensor, *, beam: int, 
 def build_transformer(cfg: TransformerConfig, vocab_size: int, pad_id: int) -> Transformer:
     """A :class:`Transformer` for a joint vocabulary of ``vocab_size`` pieces."""
     return Transformer(cfg, vocab_size, pad_id)
+
+
+# --------------------------------------------------------------------------- export views (podrun export)
+
+
+class TransformerEncoder(nn.Module):
+    """``src [B, S]`` to the encoder output ``memory [B, S, D]``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: Tensor) -> Tensor:
+        return self.model.encode(src)[0]
+
+
+class TransformerDecoderStep(nn.Module):
+    """Log-probabilities ``[B, vocab]`` of the token after ``prefix [B, T]``, given ``memory`` and ``src``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, prefix: Tensor, memory: Tensor, src: Tensor) -> Tensor:
+        model = self.model
+        mask = model.padding_mask(src)
+        x = model.embed_tokens(prefix, model.decoder_embed)
+        for layer in model.decoder:
+            x = layer(x, memory, mask)
+        return torch.log_softmax(model.logits(model.decoder_norm(x[:, -1])).float(), dim=-1)

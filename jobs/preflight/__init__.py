@@ -5,11 +5,11 @@ one Ray task per node, or ``podrun preflight JOB``). Local rank 0 of every node 
 its GPUs (NVML), InfiniBand ports (sysfs), data and checkpoint roots, and software; then
 every rank joins one all-reduce bus-bandwidth test and a clock-skew measurement. Rank 0
 writes a node x check table (``<job_dir>/preflight/report.txt``) and exits
-:data:`jobs.exit_codes.PREFLIGHT_FAILED` when a node failed a check. What to do about a
+:data:`jobs.contract.exit_codes.PREFLIGHT_FAILED` when a node failed a check. What to do about a
 bad node (exclude it and requeue, or stop) is the launcher's decision
-(:mod:`orchestrator.preflight`); podrun never drains a node.
+(:mod:`orchestrator.preflight.policy`); podrun never drains a node.
 
-* :mod:`jobs.preflight.spec` - which checks, thresholds and timeouts (what a node receives);
+* :mod:`jobs.contract.preflight_spec` - which checks, thresholds and timeouts (what a node receives);
 * :mod:`jobs.preflight.result` - a check's outcome, the report and its table;
 * :mod:`jobs.preflight.gpu`, :mod:`jobs.preflight.infiniband`, :mod:`jobs.preflight.storage`,
   :mod:`jobs.preflight.software`, :mod:`jobs.preflight.collectives` - the checks;

@@ -7,7 +7,7 @@
    folder) for the all-reduce test and the clock offsets.
 3. Rank 0 assembles the node x check report, writes it beside the node files and as
    ``<job_dir>/preflight/report.{json,txt}``, prints the table and exits
-   :data:`jobs.exit_codes.PREFLIGHT_FAILED` if a node failed.
+   :data:`jobs.contract.exit_codes.PREFLIGHT_FAILED` if a node failed.
 
 The attempt is named by ``$PODRUN_PREFLIGHT_ATTEMPT``, else the Slurm job id and restart
 count. ``$PODRUN_PREFLIGHT_T0`` (seconds since the epoch, set by the script that starts the
@@ -25,10 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jobs import exit_codes
-from jobs.errors import PodrunError
-from jobs.job import ResolvedJob, apply_array_task, apply_node_paths, load_resolved
-from jobs.placement import RankInfo, detect_rank_env, expand_hostlist, free_port, node_name
+from jobs.contract import exit_codes
+from jobs.contract.errors import PodrunError
+from jobs.contract.job import ResolvedJob, apply_array_task, apply_node_paths, load_resolved
+from jobs.contract.placement import RankInfo, detect_rank_env, expand_hostlist, free_port, node_name
+from jobs.contract.preflight_spec import CheckName, PreflightSpec
 from jobs.preflight.collectives import CollectivesOutcome, evaluate_collectives, run_collectives
 from jobs.preflight.gpu import NodeGpus, evaluate_gpus, read_nvml
 from jobs.preflight.infiniband import evaluate_infiniband
@@ -43,7 +44,6 @@ from jobs.preflight.result import (
     write_json,
 )
 from jobs.preflight.software import evaluate_software, software_versions
-from jobs.preflight.spec import CheckName, PreflightSpec
 from jobs.preflight.storage import evaluate_storage
 
 RENDEZVOUS_FILE = "rendezvous"
@@ -141,7 +141,7 @@ def collectives_phase(job: ResolvedJob, spec: PreflightSpec, info: RankInfo, nod
     import torch
     import torch.distributed as dist
 
-    from jobs.dist import init_distributed
+    from jobs.rank.dist import init_distributed
 
     device = torch.device("cuda", info.local_rank) if job.device == "cuda" else torch.device("cpu")
     if device.type == "cuda":

@@ -15,7 +15,7 @@ from typing import Any
 
 from jobs.preflight.result import REPORT_TXT, read_json, read_report
 
-EXCLUDED_FILE = "excluded.json"  # written by the launcher's gate (orchestrator.preflight_gate)
+EXCLUDED_FILE = "excluded.json"  # written by the launcher's gate (orchestrator.preflight.slurm_gate)
 
 
 @dataclass

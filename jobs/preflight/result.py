@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from jobs.checkpoint_index import atomic_write_bytes
-from jobs.preflight.spec import CHECKS
+from jobs.contract.checkpoint_index import atomic_write_bytes
+from jobs.contract.preflight_spec import CHECKS
 
 Status = Literal["pass", "FAIL", "skipped"]
 REPORT_JSON, REPORT_TXT = "report.json", "report.txt"

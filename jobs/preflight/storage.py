@@ -1,9 +1,9 @@
 """The storage check: the data root holds the recipe's splits and is readable; the checkpoint root is
 writable and has room.
 
-Images need ``train/`` and ``val/`` with at least one readable image in a class folder;
-parallel text needs the train and valid split files (:func:`jobs.data.parallel_text.split_paths`).
-Synthetic data needs no data root (skipped). A small probe file is written, synced and
+The task names each split's files or folders (:meth:`jobs.tasks.base.Task.data_paths`): a
+file must be readable, a folder must hold a readable file (for images: an image in a class
+folder). Synthetic data needs no data root (skipped). A small probe file is written, synced and
 removed in the checkpoint folder (or its deepest existing parent), and the filesystem must
 have ``min_free_gb`` free.
 """
@@ -14,9 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from jobs.data.listing import IMAGE_SUFFIXES
-from jobs.data.parallel_text import split_paths
-from jobs.job import ResolvedJob
+from jobs.contract.job import ResolvedJob
 from jobs.preflight.result import CheckResult, combine, failed, passed, skipped
 
 PROBE_BYTES = 64 * 1024
@@ -31,32 +29,36 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _first_image(split_dir: Path) -> Path | None:
-    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        for entry in sorted(class_dir.iterdir()):
-            if entry.name.lower().endswith(IMAGE_SUFFIXES):
-                return entry
+def _first_file(folder: Path) -> Path | None:
+    """The first regular file under ``folder`` in sorted order (hidden entries left out)."""
+    for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        found = entry if entry.is_file() else _first_file(entry) if entry.is_dir() else None
+        if found is not None:
+            return found
     return None
+
+
+def _check_path(path: Path) -> str | None:
+    """What is wrong with one split path (None: readable)."""
+    if path.is_file():
+        return None if _readable(path) else f"cannot read {path}"
+    try:
+        found = _first_file(path)
+    except OSError as exc:
+        return f"{path} unreadable ({exc.strerror or exc})"
+    return None if found is not None and _readable(found) else f"no readable file in {path}"
 
 
 def check_data(job: ResolvedJob) -> CheckResult:
     """The data root holds the recipe's splits, readable from this node."""
-    data, root = job.recipe.data, Path(job.data_dir)
-    if getattr(data, "backend", None) == "synthetic":
+    splits = job.recipe.task_class().data_paths(job.recipe.data, Path(job.data_dir))
+    if splits is None:
         return skipped("synthetic data, no data root")
-    if data.kind == "parallel_text":
-        files = split_paths(root, data.train_split, data) + split_paths(root, data.valid_split, data)
-        bad = [str(p) for p in files if not _readable(p)]
-        return failed(f"data: cannot read {', '.join(bad)}") if bad else passed(f"data: {len(files)} split files")
-    for split in ("train", "val"):
-        folder = root / split
-        try:
-            image = _first_image(folder)
-        except OSError as exc:
-            return failed(f"data: {folder} unreadable ({exc.strerror or exc})")
-        if image is None or not _readable(image):
-            return failed(f"data: no readable image in {folder}")
-    return passed("data: train and val readable")
+    for paths in splits.values():
+        problem = next((problem for problem in map(_check_path, paths) if problem), None)
+        if problem:
+            return failed(f"data: {problem}")
+    return passed(f"data: {' and '.join(splits)} readable")
 
 
 def _existing_parent(path: Path) -> Path:

@@ -1,7 +1,7 @@
-"""The backends, registered by name and imported only when used (Ray loads only for Ray).
+"""The backends: how ranks start (local processes, a Slurm batch script, a Ray job).
 
-A new backend (Kubernetes, say) is one file with a :class:`orchestrator.backends.base.Backend`
-subclass, and one line here.
+Each is a :class:`orchestrator.backends.base.Backend` subclass, registered by name in
+:mod:`orchestrator.spec.backend_names` and imported only when used.
 """
 
 from __future__ import annotations
@@ -9,21 +9,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from orchestrator.errors import PodrunError
+from orchestrator.spec.backend_names import BACKENDS
+
 if TYPE_CHECKING:
     from orchestrator.backends.base import Backend
-
-BACKENDS = {
-    "local": "orchestrator.backends.local:LocalBackend",
-    "slurm": "orchestrator.backends.slurm:SlurmBackend",
-    "ray": "orchestrator.backends.ray_backend:RayBackend",
-}
-
-
-def check_backend_name(name: str) -> str:
-    """A pydantic validator: ``name`` must be a registered backend."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; backends: {', '.join(sorted(BACKENDS))}")
-    return name
 
 
 def get_backend(name: str) -> Backend:
@@ -32,8 +22,6 @@ def get_backend(name: str) -> Backend:
     Raises:
         PodrunError: the backend is unknown.
     """
-    from orchestrator.errors import PodrunError
-
     if name not in BACKENDS:
         raise PodrunError(f"backend '{name}' is not available; available: {', '.join(sorted(BACKENDS))}")
     module, _, cls = BACKENDS[name].partition(":")

@@ -4,7 +4,7 @@ A backend only decides how ranks start; every rank runs ``python -m jobs.run`` (
 Ray worker) on the same resolved job. ``submit`` is ``render`` plus ``schedule``, so
 ``podrun render`` prints exactly what ``podrun launch`` runs. A new backend subclasses
 :class:`Backend`, fills in the five abstract methods, and registers one line in
-:data:`orchestrator.backends.BACKENDS`.
+:data:`orchestrator.spec.backend_names.BACKENDS`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
-from jobs.job import CONFIG_FILE, dump_resolved, write_resolved
-from jobs.private_files import private_dir, write_private
+from jobs.contract.job import CONFIG_FILE, dump_resolved, write_resolved
+from jobs.contract.private_files import private_dir, write_private
 from orchestrator.errors import BackendError, PodrunError
-from orchestrator.job_env import check_submission_environment
-from orchestrator.jobspec import PLAN_FILE, LaunchPlan, write_plan
-from orchestrator.jobstore import FAILED, JobRecord, is_terminal
+from orchestrator.spec.job_env import check_submission_environment
+from orchestrator.spec.jobspec import PLAN_FILE, LaunchPlan, write_plan
+from orchestrator.spec.jobstore import FAILED, JobRecord, is_terminal
 
 
 class Backend(ABC):
@@ -73,7 +73,7 @@ class Backend(ABC):
             ConfigError: the profile's env reads a variable that is not set here.
             PodrunError: the scheduler refused the job (the record says so too).
         """
-        from orchestrator.resolve import podrun_home
+        from orchestrator.spec.paths import podrun_home
 
         check_submission_environment(plan)
         job, job_dir = plan.job, private_dir(podrun_home() / "jobs" / plan.job_id)

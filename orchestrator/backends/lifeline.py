@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from jobs import exit_codes
-from orchestrator.jobstore import FAILED, RUNNING, JobRecord
+from jobs.contract import exit_codes
+from orchestrator.spec.jobstore import FAILED, RUNNING, JobRecord
 
 RANKS_FILE = "ranks.json"
 DETACH = b"d"

@@ -20,11 +20,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from jobs import exit_codes
-from jobs.checkpoint_lock import check_free
-from jobs.job import CONFIG_FILE, ResolvedJob, load_resolved
-from jobs.placement import free_port
-from jobs.watchdog import collective_fault_env
+from jobs.contract import exit_codes
+from jobs.contract.job import CONFIG_FILE, ResolvedJob, load_resolved
+from jobs.contract.placement import free_port
+from jobs.rank.checkpoint_lock import check_free
+from jobs.rank.watchdog import collective_fault_env
 from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.backends.lifeline import (
     Lifeline,
@@ -35,10 +35,10 @@ from orchestrator.backends.lifeline import (
     orphan_status,
     write_rank_pids,
 )
-from orchestrator.job_env import expand_values, expected_comment, shell_word, submission_environment
-from orchestrator.jobspec import PLAN_FILE, LaunchPlan, load_plan_file
-from orchestrator.jobstore import CANCELLED, FAILED, PREEMPTED, RUNNING, SUCCEEDED, JobRecord, is_terminal
-from orchestrator.paths import run_dir
+from orchestrator.spec.job_env import expand_values, expected_comment, shell_word, submission_environment
+from orchestrator.spec.jobspec import PLAN_FILE, LaunchPlan, load_plan_file
+from orchestrator.spec.jobstore import CANCELLED, FAILED, PREEMPTED, RUNNING, SUCCEEDED, JobRecord, is_terminal
+from orchestrator.spec.paths import run_dir
 
 EXIT_STATES = {
     exit_codes.SUCCESS: SUCCEEDED,

@@ -1,10 +1,10 @@
 """The Ray backend: a Ray job (``JobSubmissionClient``) whose driver runs Ray Train.
 
-``podrun launch JOB --backend ray`` submits ``python -m orchestrator.ray_job`` with the
+``podrun launch JOB --backend ray`` submits ``python -m orchestrator.backends.ray_job`` with the
 repo as the runtime_env ``working_dir`` (data sets, checkpoints and MLflow stores excluded,
 so the upload stays small; an installed podrun sends its packages as ``py_modules``) and
 the launch plan in ``$PODRUN_LAUNCH_PLAN`` (see
-:mod:`orchestrator.ray_runtime`). ``podrun render`` prints the equivalent ``ray job submit``.
+:mod:`orchestrator.backends.ray_runtime`). ``podrun render`` prints the equivalent ``ray job submit``.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from jobs import exit_codes
+from jobs.contract import exit_codes
 from orchestrator.backends.base import Backend
+from orchestrator.backends.ray_runtime import auth_headers, entrypoint, runtime_env, token_path
 from orchestrator.errors import BackendError
-from orchestrator.job_env import expand_values, expected_comment
-from orchestrator.jobspec import LaunchPlan
-from orchestrator.jobstore import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, JobRecord, is_terminal
-from orchestrator.profiles import RayConfig
-from orchestrator.ray_runtime import auth_headers, entrypoint, runtime_env, token_path
+from orchestrator.spec.job_env import expand_values, expected_comment
+from orchestrator.spec.jobspec import LaunchPlan
+from orchestrator.spec.jobstore import CANCELLED, FAILED, PENDING, RUNNING, SUCCEEDED, UNKNOWN, JobRecord, is_terminal
+from orchestrator.spec.profiles import RayConfig
 
 # Ray job states to podrun's, in one table.
 RAY_STATES = {"PENDING": PENDING, "RUNNING": RUNNING, "STOPPED": CANCELLED, "SUCCEEDED": SUCCEEDED,

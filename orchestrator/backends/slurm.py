@@ -16,15 +16,17 @@ from pathlib import Path
 
 import jinja2
 
-from jobs import exit_codes
-from jobs.job import CONFIG_FILE
-from jobs.watchdog import collective_fault_env
+from jobs.contract import exit_codes
+from jobs.contract.job import CONFIG_FILE
+from jobs.rank.watchdog import collective_fault_env
 from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.backends.slurm_submit import submission_mark, submit_once
+from orchestrator.backends.ssh_retry import retrying
+from orchestrator.backends.tunnel import Tunnel, open_tunnel
 from orchestrator.errors import BackendError, ConfigError
-from orchestrator.job_env import expected_comment, shell_word, submission_environment
-from orchestrator.jobspec import PLAN_FILE, LaunchPlan, dump_plan
-from orchestrator.jobstore import (
+from orchestrator.spec.job_env import expected_comment, shell_word, submission_environment
+from orchestrator.spec.jobspec import PLAN_FILE, LaunchPlan, dump_plan
+from orchestrator.spec.jobstore import (
     CANCELLED,
     FAILED,
     PENDING,
@@ -35,10 +37,8 @@ from orchestrator.jobstore import (
     JobRecord,
     is_terminal,
 )
-from orchestrator.paths import checkout_root, run_dir, template_dir
-from orchestrator.profiles import LoginConfig
-from orchestrator.ssh_retry import retrying
-from orchestrator.tunnel import Tunnel, open_tunnel
+from orchestrator.spec.paths import checkout_root, run_dir, template_dir
+from orchestrator.spec.profiles import LoginConfig
 
 VERSION = "0.1.0"
 
@@ -116,7 +116,7 @@ def render_sbatch(plan: LaunchPlan) -> str:
 
 def render_ray_sbatch(plan: LaunchPlan) -> str:
     """An sbatch script that starts a Ray cluster in the allocation and runs the job on it."""
-    from orchestrator.ray_runtime import PLAN_ENV, runtime_env
+    from orchestrator.backends.ray_runtime import PLAN_ENV, runtime_env
 
     slurm, profile = plan.profile.slurm, plan.profile
     workdir = slurm.workdir or str(run_dir())  # Ray runs on the hosts: no pyxis container here
@@ -242,7 +242,7 @@ class SlurmBackend(Backend):
 
     def _preflight_note(self, tunnel: Tunnel, record: JobRecord) -> str:
         """What preflight did to the job (excluded nodes, or why it stopped), from the job's folder."""
-        from orchestrator.preflight import STATUS_FILE, status_note
+        from orchestrator.preflight.policy import STATUS_FILE, status_note
 
         folder = Path(record.extra.get("cluster_job_dir", record.job_dir)) / "preflight"
         return status_note(tunnel.read_text(str(folder / STATUS_FILE)))

@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 import time
 
+from orchestrator.backends.ssh_retry import ConnectionLost
+from orchestrator.backends.tunnel import CommandResult, Tunnel
 from orchestrator.errors import BackendError
-from orchestrator.ssh_retry import ConnectionLost
-from orchestrator.tunnel import CommandResult, Tunnel
 
 ATTEMPTS = 4
 SETTLE_S = 2.0  # an sbatch cut off mid-request has had its answer from slurmctld by then

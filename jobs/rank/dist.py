@@ -1,0 +1,168 @@
+"""Rank detection and the communication set-up, for every backend and both comm paths.
+
+A rank learns who it is from the environment: the standard contract (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) set by the local
+backend, torchrun or Ray Train, or Slurm's ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``.
+
+``comm: ddp`` (the default) uses torch.distributed: NCCL on GPUs, gloo on CPU.
+``comm: horovod`` uses Horovod (started by horovodrun, by srun with the gloo rendezvous
+the Slurm script starts, or by Horovod's RayExecutor). The few collectives the loop needs
+(:func:`all_reduce_sum`, :func:`start_all_reduce_sum`, :func:`all_gather_object`,
+:func:`barrier`) work on either, and each call is counted in :data:`COLLECTIVES` (the
+gradient all-reduce of DDP or Horovod is not: it is the training step's own work).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from collections import Counter
+
+import torch
+import torch.distributed as dist
+
+from jobs.contract.errors import PodrunError
+from jobs.contract.placement import RankInfo, free_port, slurm_rendezvous
+
+DEFAULT_TIMEOUT_S = 600
+_horovod = None  # the horovod.torch module once comm: horovod is initialised
+COLLECTIVES: Counter[str] = Counter()  # calls of this module's collectives with more than one rank, by name
+
+
+def init_distributed(info: RankInfo, device: torch.device, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
+    """Initialise the process group: NCCL on GPUs, gloo on CPU. Returns the backend used.
+
+    A group that already exists (Ray Train sets one up) is kept.
+    """
+    if dist.is_initialized():
+        return dist.get_backend()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    os.environ.update(slurm_rendezvous(dict(os.environ)))
+    if info.world_size == 1 and "MASTER_ADDR" not in os.environ:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    dist.init_process_group(
+        backend=backend,
+        rank=info.rank,
+        world_size=info.world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    return backend
+
+
+def horovod():
+    """The initialised ``horovod.torch`` module, or None on the DDP path."""
+    return _horovod
+
+
+def horovod_env_from_slurm(env: dict[str, str]) -> dict[str, str]:
+    """Horovod's gloo contract for a rank started by srun (the Slurm script runs the rendezvous)."""
+    if "SLURM_PROCID" not in env or "HOROVOD_GLOO_RENDEZVOUS_PORT" not in env or "HOROVOD_RANK" in env:
+        return {}
+    rendezvous = slurm_rendezvous(env)
+    return {
+        "HOROVOD_RANK": env["SLURM_PROCID"], "HOROVOD_SIZE": env["SLURM_NTASKS"],
+        "HOROVOD_LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "HOROVOD_LOCAL_SIZE": env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
+        "HOROVOD_CROSS_RANK": env.get("SLURM_NODEID", "0"), "HOROVOD_CROSS_SIZE": env.get("SLURM_NNODES", "1"),
+        "HOROVOD_HOSTNAME": env.get("SLURMD_NODENAME", socket.gethostname()),
+        "HOROVOD_GLOO_RENDEZVOUS_ADDR": env.get("MASTER_ADDR") or rendezvous.get("MASTER_ADDR", "127.0.0.1"),
+        "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo",
+        "HOROVOD_GLOO_IFACE": env.get("HOROVOD_GLOO_IFACE") or env.get("NCCL_SOCKET_IFNAME", "lo").split(",")[0],
+    }
+
+
+def init_horovod(settings_env: dict[str, str]) -> RankInfo:
+    """``hvd.init()`` after applying the job's Horovod settings; returns this rank's place.
+
+    Raises:
+        PodrunError: Horovod is not installed (``make horovod`` builds it).
+    """
+    global _horovod
+    try:
+        import horovod.torch as hvd
+    except ImportError as exc:
+        raise PodrunError(f"comm: horovod needs Horovod ({exc}): build it with 'make horovod'") from None
+    os.environ.update(settings_env)
+    os.environ.update(horovod_env_from_slurm(dict(os.environ)))
+    hvd.init()
+    _horovod = hvd
+    return RankInfo(hvd.rank(), hvd.size(), hvd.local_rank())
+
+
+def _world_size() -> int:
+    if _horovod is not None:
+        return _horovod.size()
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few numbers over all ranks (a host sync on a GPU: call it where the loop logs)."""
+    return start_all_reduce_sum(values, device).result()
+
+
+class PendingSum:
+    """The sum of :func:`start_all_reduce_sum`, read with :meth:`result`.
+
+    On a GPU the reduced tensor is copied into pinned host memory behind a CUDA event, so
+    :meth:`result` waits for that copy only, not for the work queued after it.
+    """
+
+    def __init__(self, reduced: torch.Tensor) -> None:
+        self._event = None
+        if reduced.device.type == "cuda":
+            host = torch.empty(reduced.shape, dtype=reduced.dtype, pin_memory=True)
+            host.copy_(reduced, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+            reduced = host
+        self._reduced = reduced
+
+    def result(self) -> list[float]:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._reduced.tolist()
+
+
+def start_all_reduce_sum(values: list[float], device: torch.device) -> PendingSum:
+    """Start summing a few numbers over all ranks; read the sum later with ``.result()``.
+
+    Under torch.distributed the sum is computed on ``device`` (NCCL needs a GPU tensor) and
+    read without draining the GPU's queue; Horovod sums a host tensor, off the GPU.
+    """
+    if _world_size() == 1:
+        return PendingSum(torch.tensor(values, dtype=torch.float64))
+    COLLECTIVES["all_reduce"] += 1
+    if _horovod is not None:
+        return PendingSum(_horovod.allreduce(torch.tensor(values, dtype=torch.float64), op=_horovod.Sum))
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return PendingSum(tensor)
+
+
+def all_gather_object(obj: object) -> list:
+    """Every rank's ``obj``, in rank order."""
+    if _world_size() == 1:
+        return [obj]
+    COLLECTIVES["all_gather_object"] += 1
+    if _horovod is not None:
+        return _horovod.allgather_object(obj)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    if _world_size() == 1:
+        return
+    COLLECTIVES["barrier"] += 1
+    if _horovod is not None:
+        _horovod.barrier()
+    else:
+        dist.barrier()
+
+
+def gather_hosts() -> list[str]:
+    """The host name of every rank, in rank order."""
+    return all_gather_object(socket.gethostname())

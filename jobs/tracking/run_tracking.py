@@ -1,0 +1,192 @@
+"""What rank 0 records in MLflow for a job: params, tags, metrics and artifacts.
+
+One job is one MLflow run: its id is kept in the checkpoint folder (``run.json``), so a
+resumed or requeued job continues the same run and time-to-train stays honest.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from jobs.contract import exit_codes
+from jobs.contract import metrics as names
+from jobs.contract.checkpoint_index import latest_checkpoint, read_run_info, update_run_info
+from jobs.contract.job import ResolvedJob
+from jobs.contract.placement import RankInfo
+from jobs.preflight.record import log_preflight
+from jobs.rank.phases import phase_metrics
+from jobs.rank.state import LoopState
+from jobs.tracking import system_metrics
+from jobs.tracking.dataset_inputs import dataset_records
+from jobs.tracking.model_registry import model_record
+from jobs.tracking.run_page import result_line, run_page_record
+from jobs.tracking.store_uri import display_uri
+from jobs.tracking.tracker import Tracker
+
+RUN_STATUS = {exit_codes.SUCCESS: "FINISHED", exit_codes.NOT_REACHED: "FINISHED", exit_codes.PREEMPTED: "KILLED"}
+# Distributions whose versions a run records, read from their metadata (importing Ray or
+# DALI only to ask would cost seconds at every start).
+DISTRIBUTIONS = {"dali": ("nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali-cuda130"), "ray": ("ray",),
+                 "horovod": ("horovod",), "mlflow": ("mlflow", "mlflow-skinny")}
+
+
+def versions() -> dict[str, str]:
+    """Versions of the stack, as MLflow tags."""
+    import torch
+
+    found = {"torch": torch.__version__, "python": platform.python_version()}
+    found["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else "n/a"
+    for name, distributions in DISTRIBUTIONS.items():
+        found[name] = _distribution_version(distributions)
+    return found
+
+
+def _distribution_version(names: tuple[str, ...]) -> str:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def job_params(job: ResolvedJob) -> dict[str, Any]:
+    """The params every run carries: scale, batch, optimizer and how they were derived."""
+    recipe, derived = job.recipe, job.derived
+    return {
+        "recipe": recipe.name,
+        "task": recipe.task,
+        "preset": job.preset or "",
+        "cluster": job.cluster,
+        "backend": job.backend,
+        "nodes": job.nodes,
+        "gpus_per_node": job.tasks_per_node if job.device == "cuda" else 0,
+        "tasks_per_node": job.tasks_per_node,
+        "world_size": job.world_size,
+        "device": job.device,
+        "batch_size": derived.batch_size,
+        "global_batch_size": derived.global_batch_size,
+        "lr": derived.lr,
+        "warmup_epochs": derived.warmup_epochs,
+        "optimizer": derived.optimizer,
+        "momentum": recipe.optim.momentum,
+        "weight_decay": recipe.optim.weight_decay,
+        "epochs": recipe.train.epochs,
+        "precision": recipe.train.precision,
+        "memory_format": "channels_last" if recipe.train.channels_last else "contiguous",
+        "compile": recipe.train.compile,
+        "data_backend": getattr(recipe.data, "backend", None) or getattr(recipe.data, "kind", recipe.task),
+        "image_size": getattr(recipe.data, "image_size", 0),
+        "max_tokens": getattr(recipe.data, "max_tokens", 0),
+        "comm": job.comm,
+        "target": recipe.eval.target,
+        "seed": recipe.train.seed,
+        "scaling_rule": "; ".join(derived.notes),
+    }
+
+
+def open_tracker(job: ResolvedJob) -> Tracker:
+    """Rank 0's tracker, its sender process started; cheap to call (no torch, no MLflow here).
+
+    The sender writes the run id into ``run.json`` beside the checkpoints, so a resumed job
+    continues the same MLflow run.
+    """
+    run_info = read_run_info(Path(job.checkpoint_dir))
+    print(f"[mlflow] the run goes to {display_uri(job.tracking_uri)} (experiment {job.experiment})", flush=True)
+    return Tracker(job.tracking_uri, job.experiment, Path(job.job_dir) / "mlflow-spool",
+                   run_id=run_info.get("mlflow_run_id"), run_name=job.name, background=True,
+                   run_info_dir=Path(job.checkpoint_dir), sender_args=system_metrics.sender_args(job))
+
+
+class RunTracking:
+    """Rank 0's view of the job's MLflow run."""
+
+    def __init__(self, job: ResolvedJob, info: RankInfo, resumed_from: str | None,
+                 tracker: Tracker | None = None) -> None:
+        self.job, self.info, self.resumed_from = job, info, resumed_from
+        self.task = job.recipe.task_class()
+        self.ckpt_dir, self.job_dir = Path(job.checkpoint_dir), Path(job.job_dir)
+        self.run_info = read_run_info(self.ckpt_dir)
+        self.tracker = tracker or open_tracker(job)
+
+    def start(self, hosts: list[str], steps_per_epoch: int, train_samples: int, val_samples: int) -> None:
+        attempts = self.run_info.get("attempts", []) + [self.job.job_id]
+        self.run_info = update_run_info(self.ckpt_dir, attempts=attempts, tracking_uri=self.job.tracking_uri)
+        if not self.resumed_from:
+            self.tracker.log_params(job_params(self.job) | {"steps_per_epoch": steps_per_epoch,
+                                                              "train_samples": train_samples,
+                                                              "eval_samples": val_samples})
+            # numbers, so that the runs table sorts them as numbers (params sort as text)
+            self.tracker.log_metrics({"world_size": self.job.world_size,
+                                      "global_batch_size": self.job.derived.global_batch_size}, step=0)
+            for record in dataset_records(self.job):
+                self.tracker.log_record(record)
+        tags = {f"version.{k}": v for k, v in versions().items()}
+        tags |= {"git_sha": self.job.git_sha, "hosts": ",".join(sorted(set(hosts))), "job_id": self.job.job_id,
+                 "attempts": str(len(attempts)), "checkpoint_dir": str(self.ckpt_dir)}
+        tags |= self.job.tags  # e.g. mlflow.parentRunId: this run is one scale of a sweep
+        if self.resumed_from:
+            tags["resumed_from"] = self.resumed_from
+        if "SLURM_JOB_ID" in os.environ:
+            tags |= {"slurm_job_id": os.environ["SLURM_JOB_ID"],
+                     "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT", "0")}
+        self.tracker.set_tags(tags)
+        log_preflight(self.tracker, self.job_dir, step=len(attempts))
+
+    def step_metrics(self, step: int, loss: float, lr: float, rate: float) -> None:
+        self.tracker.log_metrics({names.TRAIN_LOSS: loss, names.LR: lr, names.throughput(self.task.unit): rate},
+                                 step=step)
+
+    def eval_metric(self, value: float, epoch: int) -> None:
+        # also in the "result" section, which the MLflow UI charts first (sections sort before the rest)
+        name = names.eval_metric(self.task.metric)
+        self.tracker.log_metrics({name: value, names.RESULT_SECTION + name: value}, step=epoch)
+
+    def finish(self, code: int, time_to_train: float, state: LoopState, mllog_path: Path,
+               val_loader: Any = None) -> None:
+        """Log the run's result, artifacts, model and run page (all after ``run_stop``), then end the run."""
+        metrics = {names.BEST_METRIC: state.best_metric, names.EPOCHS_RUN: state.epoch,
+                   names.TIME_LOST: state.time_lost_s,
+                   names.mean_throughput(self.task.unit): state.items / max(time_to_train, 1e-9)}
+        if code == exit_codes.SUCCESS:
+            metrics[names.TIME_TO_TRAIN] = metrics[names.RESULT_SECTION + names.TIME_TO_TRAIN] = time_to_train
+        reached = float(code == exit_codes.SUCCESS)
+        metrics[names.REACHED_TARGET] = metrics[names.RESULT_SECTION + names.REACHED_TARGET] = reached
+        self.tracker.log_metrics(metrics, step=state.global_step)
+        self.tracker.log_metrics(phase_metrics(state.phases), step=0)  # the launcher adds its own
+        self.tracker.set_tags({"status": exit_codes.DESCRIPTIONS.get(code, "failed")})
+        for name in ("config.resolved.yaml", "render.txt", "job.sbatch"):
+            if (self.job_dir / name).is_file():
+                self.tracker.log_artifact(self.job_dir / name)
+        timeline = self.job_dir / "horovod-timeline.json"
+        if timeline.is_file():
+            self.tracker.log_artifact(timeline, "horovod")
+        if Path(mllog_path).is_file():
+            self.tracker.log_artifact(Path(mllog_path), "mlperf")
+        if code == exit_codes.SUCCESS and self.job.registry.enabled and val_loader is not None:
+            self._queue_model(state, metrics, val_loader, time_to_train)
+        self.tracker.log_record(run_page_record(self.job, code))
+        started = time.monotonic()
+        sent = self.tracker.finish(RUN_STATUS.get(code, "FAILED"))
+        what = "run recorded" if sent else "records kept for podrun sync"
+        print(f"[mlflow] {what}: the sender took {time.monotonic() - started:.1f} s after the run ended "
+              "(last records, model, run page)", flush=True)
+
+    def _queue_model(self, state: LoopState, metrics: dict[str, float], val_loader: Any, time_to_train: float
+                     ) -> None:
+        """Save a validation batch and queue the model record (the sender logs and registers it)."""
+        from jobs.tracking.model_inputs import save_validation_batch
+
+        checkpoint = latest_checkpoint(self.ckpt_dir)
+        inputs = save_validation_batch(self.task, val_loader, state.epoch, self.job_dir / "model-inputs.npz")
+        if checkpoint is None or inputs is None:
+            print("[mlflow] model not logged: no final checkpoint or no validation batch", flush=True)
+            return
+        result = result_line(run_page_record(self.job, exit_codes.SUCCESS), state.evals, metrics)
+        result += f"; time to train {time_to_train:.1f} s; run {self.tracker.run_id or '?'} (job {self.job.job_id})"
+        self.tracker.log_record(model_record(self.job, checkpoint, inputs, result))

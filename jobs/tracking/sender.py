@@ -1,0 +1,332 @@
+"""Sending a spool to MLflow: in order, once, with backoff while the server is away.
+
+A :class:`Sender` owns the records of one spool that MLflow has not acknowledged yet. It
+creates the run on first contact (or checks the one it continues), sends metrics in
+batches, and after a failure waits ``retry_interval_s`` before trying again; a record
+MLflow itself rejects is skipped with a warning. It runs in three places:
+
+* inside a :class:`jobs.tracking.tracker.Tracker` (``background=False``, tests and tools);
+* as rank 0's sender process, ``python -m jobs.tracking.sender SPOOL`` (what a training run uses):
+  it follows ``records.jsonl`` while the rank appends to it and drains it when the rank
+  finishes or dies, so neither MLflow's import nor its requests touch the training loop;
+* in ``podrun sync`` (:func:`replay_spool`), for what an outage left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jobs.contract.secret_filter import export_credentials, install_log_masking, split_credentials
+from jobs.tracking import mlflow_send
+from jobs.tracking.mlflow_errors import describe, is_permanent, limit_http_retries
+from jobs.tracking.mlflow_send import METRICS_PER_BATCH
+from jobs.tracking.spool import META_FILE, Spool, SpoolError
+from jobs.tracking.system_metrics import ignore_stop_signals
+
+log = logging.getLogger("jobs.tracking.tracker")
+
+OnRun = Callable[[str, "str | None"], None]
+
+
+class Sender:
+    """Sends a spool's pending records in order; :meth:`flush` never raises."""
+
+    def __init__(self, spool: Spool, *, retry_interval_s: float = 30.0, request_timeout_s: int = 5,
+                 on_run: OnRun | None = None) -> None:
+        self.spool, self.retry_interval_s, self.request_timeout_s = spool, retry_interval_s, request_timeout_s
+        self.on_run = on_run
+        self.meta: dict[str, Any] = spool.read_meta()
+        self.run_id: str | None = self.meta.get("run_id")
+        self.pending: list[dict[str, Any]] = []
+        self.records_sent, self.last_error = 0, None
+        self._next_try, self._offline = 0.0, False
+        self._client: Any = None
+        self._run_checked = False
+        self._offset = 0
+        self._sent_seq = 0
+        self.ended = False
+
+    def load_unsent(self) -> None:
+        """Read every record the spool holds beyond the sent watermark."""
+        _, self._sent_seq = self.spool.load()
+        self.read_new()
+
+    def read_new(self) -> int:
+        """Take the records appended to the spool since the last call; returns how many."""
+        records, self._offset = self.spool.read_new_records(self._offset)
+        fresh = [record for record in records if record["seq"] > self._sent_seq]
+        self.pending.extend(fresh)
+        return len(fresh)
+
+    def accept(self, record: dict[str, Any]) -> None:
+        """Take a record its writer just appended to the spool (the inline tracker)."""
+        self.pending.append(record)
+        self._offset = self.spool.records_size()
+
+    @property
+    def finished(self) -> bool:
+        """The run's end record went out: nothing more will come."""
+        return not self.pending and self.ended
+
+    def warm_up(self) -> None:
+        """Import MLflow and open the store now, while the rank starts, instead of at the first record."""
+        try:
+            self._client_for_uri()
+        except Exception as exc:  # noqa: BLE001 - the first flush reports it
+            log.debug("tracking: warm-up failed (%s)", describe(exc))
+
+    def flush(self, force: bool = False) -> bool:
+        """Send pending records in order; True when none is left. Never raises."""
+        if not self.pending and self.run_id:
+            return True
+        if not force and time.monotonic() < self._next_try:
+            return False
+        try:
+            client = self._connect()
+            while self.pending:
+                self._send_group(client, self._next_group())
+        except Exception as exc:  # noqa: BLE001 - unreachable, 5xx, timeouts: keep and retry
+            self._go_offline(exc)
+            return False
+        self._back_online()
+        return True
+
+    def mark_done(self) -> None:
+        """Record that the run's records all reached the server."""
+        self.meta["done"] = True
+        self.spool.write_meta(self.meta)
+
+    # ----------------------------------------------------------------- internals
+
+    def _go_offline(self, exc: BaseException) -> None:
+        self.last_error = describe(exc)
+        self._next_try = time.monotonic() + self.retry_interval_s
+        if not self._offline:
+            log.warning("tracking: MLflow at %s unavailable (%s); keeping records in %s, "
+                        "retrying every %.0f s", self.meta.get("tracking_uri"), self.last_error,
+                        self.spool.root, self.retry_interval_s)  # fmt: skip
+        self._offline = True
+
+    def _back_online(self) -> None:
+        if self._offline:
+            log.warning("tracking: MLflow reachable again; the kept records were sent")
+        self._offline, self.last_error = False, None
+
+    def _next_group(self) -> list[dict[str, Any]]:
+        """The next record, or a run of consecutive metrics records for one log_batch."""
+        group = [self.pending[0]]
+        if group[0]["kind"] != "metrics":
+            return group
+        count = len(group[0]["metrics"])
+        for record in self.pending[1:]:
+            count += len(record.get("metrics", ()))
+            if record["kind"] != "metrics" or count > METRICS_PER_BATCH:
+                break
+            group.append(record)
+        return group
+
+    def _send_group(self, client: Any, group: list[dict[str, Any]]) -> None:
+        """Send one group; a group MLflow rejects is retried record by record, then dropped."""
+        try:
+            mlflow_send.send_records(client, self.run_id, group, self._artifact_source(group[0]),
+                                     self.meta["tracking_uri"])
+        except Exception as exc:
+            if not is_permanent(exc):
+                raise
+            if len(group) > 1:
+                for record in group:
+                    self._send_group(client, [record])
+                return
+            log.warning("tracking: MLflow rejected a %s record (%s); skipped it",
+                        group[0]["kind"], describe(exc))  # fmt: skip
+            self._acknowledge(group, ok=False)
+            return
+        self._acknowledge(group, ok=True)
+
+    def _acknowledge(self, records: list[dict[str, Any]], ok: bool) -> None:
+        for record in records:
+            self.spool.mark_sent(record["seq"], ok)
+            self._sent_seq = max(self._sent_seq, record["seq"])
+            if record["kind"] == "artifact":
+                shutil.rmtree(self.spool.artifact_copy(record["seq"]), ignore_errors=True)
+            if record["kind"] == "end":
+                self.ended = True
+        self.records_sent += len(records) if ok else 0
+        del self.pending[: len(records)]
+
+    def _artifact_source(self, record: dict[str, Any]) -> Path | None:
+        if record["kind"] != "artifact":
+            return None
+        src = Path(record["src"])
+        copy = self.spool.artifact_copy(record["seq"]) / src.name
+        return copy if copy.exists() else src  # the spool's copy is the file as it was logged
+
+    def _connect(self) -> Any:
+        """The client, with the run created (or checked) on first contact."""
+        client = self._client_for_uri()
+        if not self._run_checked:
+            self._ensure_run(client)
+            self._run_checked = True
+        return client
+
+    def _client_for_uri(self) -> Any:
+        if self._client is None:
+            limit_http_retries(self.request_timeout_s)
+            self._client = mlflow_send.new_client(self.meta["tracking_uri"])
+        return self._client
+
+    def _ensure_run(self, client: Any) -> None:
+        uri = self.meta["tracking_uri"]
+        found = mlflow_send.find_run(client, self.run_id, uri) if self.run_id else None
+        if found is not None:
+            self.meta["experiment_id"] = found
+        else:
+            experiment = mlflow_send.experiment_id(client, self.meta.get("experiment") or "Default", uri)
+            run = client.create_run(experiment, run_name=self.meta.get("run_name"))
+            self.run_id = self.meta["run_id"] = run.info.run_id
+            self.meta["experiment_id"] = experiment
+        self.spool.write_meta(self.meta)
+        if self.on_run is not None:
+            self.on_run(self.run_id, self.meta.get("experiment_id"))
+
+
+def open_sender(spool_dir: Path, tracking_uri: str | None = None, **kwargs: Any) -> Sender:
+    """A sender over an existing spool, with its unsent records loaded.
+
+    Raises:
+        SpoolError: there is no spool at ``spool_dir``, or it names no tracking URI.
+    """
+    spool = Spool(spool_dir)
+    if not spool.exists():
+        raise SpoolError(f"{spool_dir}: no tracking spool here ({META_FILE} is missing)")
+    sender = Sender(spool, **kwargs)
+    if tracking_uri:
+        sender.meta["tracking_uri"] = export_credentials(tracking_uri)  # no password in meta.json
+    if not sender.meta.get("tracking_uri"):
+        raise SpoolError(f"{spool_dir}: the spool names no tracking URI; pass one")
+    own = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if split_credentials(own)[0] == sender.meta["tracking_uri"]:  # `podrun sync` with the password in $MLFLOW_...
+        export_credentials(own)
+    sender.load_unsent()
+    return sender
+
+
+def replay_spool(spool_dir: Path, tracking_uri: str | None = None) -> int:
+    """Send what a spool kept (``podrun sync``); returns the number of records sent.
+
+    The run is created if it never was; afterwards the spool is marked done, and a second
+    replay sends nothing. ``tracking_uri`` defaults to the one in the spool's meta.json.
+
+    Raises:
+        SpoolError: no spool at ``spool_dir``, or records remain because the server is
+            still unreachable (those sent so far are not sent again).
+    """
+    sender = open_sender(Path(spool_dir), tracking_uri, retry_interval_s=0.0)
+    if sender.pending and not sender.flush(force=True):
+        raise SpoolError(
+            f"{spool_dir}: sent {sender.records_sent} record(s), {len(sender.pending)} still kept; "
+            f"MLflow at {sender.meta['tracking_uri']} failed ({sender.last_error}); "
+            "run `podrun sync` again when it is reachable"
+        )
+    sender.mark_done()
+    return sender.records_sent
+
+
+# --------------------------------------------------------------------------- the sender process
+
+
+def follow(sender: Sender, wake_fd: int) -> None:
+    """Send records as the rank appends them; return once ``wake_fd`` closes (rank finished or died).
+
+    Each byte on ``wake_fd`` says "new records"; end of file means no more will come. The
+    backlog is then sent once more (a failure leaves it for ``podrun sync``).
+    """
+    first, closing = True, False
+    while not closing:
+        wait = max(sender._next_try - time.monotonic(), 0.05) if sender._offline else None
+        readable, _, _ = select.select([wake_fd], [], [], wait)
+        if readable and not os.read(wake_fd, 4096):
+            closing = True
+        sender.read_new()
+        if sender.pending:
+            sender.flush(force=first or closing)
+            first = False
+
+
+def write_run_id(run_info_dir: Path | None) -> OnRun | None:
+    """A callback that keeps the run id in ``run.json`` beside the checkpoints."""
+    if run_info_dir is None:
+        return None
+    from jobs.contract.checkpoint_index import update_run_info
+
+    def remember(run_id: str, experiment_id: str | None) -> None:
+        update_run_info(run_info_dir, mlflow_run_id=run_id, mlflow_experiment_id=experiment_id)
+
+    return remember
+
+
+class NodeMetrics:
+    """This node's system metrics (:mod:`jobs.tracking.system_metrics`), started once the run exists."""
+
+    def __init__(self, node: str | None, interval_s: float, then: OnRun | None) -> None:
+        self.node, self.interval_s, self.then = node, interval_s, then
+        self.monitor: object | None = None
+        self.tracking_uri = ""
+
+    def on_run(self, run_id: str, experiment_id: str | None) -> None:
+        if self.then is not None:
+            self.then(run_id, experiment_id)
+        if self.node and self.monitor is None:
+            from jobs.tracking.system_metrics import start_monitor
+
+            self.monitor = start_monitor(run_id, self.tracking_uri, self.node, self.interval_s)
+
+    def stop(self) -> None:
+        from jobs.tracking.system_metrics import stop_monitor
+
+        stop_monitor(self.monitor)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.tracking.sender",
+                                     description="send a spool to MLflow as it grows")
+    parser.add_argument("spool", type=Path)
+    parser.add_argument("--wake-fd", type=int, default=0, help="bytes here mean new records; EOF: finish")
+    parser.add_argument("--run-info", type=Path, help="the checkpoint folder whose run.json keeps the run id")
+    parser.add_argument("--retry-interval", type=float, default=30.0)
+    parser.add_argument("--system-metrics", metavar="NODE", help="also log this node's system metrics as NODE")
+    parser.add_argument("--system-metrics-interval", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    ignore_stop_signals()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    install_log_masking()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    metrics = NodeMetrics(args.system_metrics, args.system_metrics_interval, write_run_id(args.run_info))
+    sender = open_sender(args.spool, retry_interval_s=args.retry_interval, on_run=metrics.on_run)
+    metrics.tracking_uri = sender.meta["tracking_uri"]
+    sender.warm_up()
+    try:
+        follow(sender, args.wake_fd)
+    finally:
+        metrics.stop()
+    if sender.finished:
+        sender.mark_done()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every record is on disk and acknowledged: skip MLflow's and SQLAlchemy's exit handlers,
+    # which take seconds, while the rank waits for this process.
+    os._exit(code)

@@ -1,0 +1,138 @@
+"""The driver of a Ray job: resolve the job, then run its ranks with Ray Train.
+
+With Ray's own CLI (see the README for clusters with and without token auth)::
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python -m orchestrator.backends.ray_job recipes/jobs/resnet50-tiny.yaml --set cluster=ray
+
+or through podrun: ``podrun launch JOB --backend ray`` (the plan then comes in
+``$PODRUN_LAUNCH_PLAN``), and inside a Slurm allocation ``--plan PATH``. The driver starts
+a ``TorchTrainer`` with ``nodes x tasks_per_node`` workers; each runs
+:func:`jobs.ray_worker.worker_main`, the same per-rank code as every other backend.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from jobs.contract import exit_codes
+from jobs.contract.config_io import read_yaml, validate
+from orchestrator.backends.ray_runtime import PLAN_ENV
+from orchestrator.errors import PodrunError
+from orchestrator.preflight.ray_tasks import run_ray_preflight  # before ray.init(), which re-unpacks working_dir here
+from orchestrator.spec.jobspec import LaunchPlan
+
+
+def load_plan(argv: list[str]) -> LaunchPlan:
+    """The plan to run: ``$PODRUN_LAUNCH_PLAN``, ``--plan PATH``, or a job reference + ``--set``.
+
+    Raises:
+        PodrunError: bad arguments, or the job does not resolve.
+    """
+    if os.environ.get(PLAN_ENV):
+        return validate(LaunchPlan, yaml.safe_load(os.environ[PLAN_ENV]), f"${PLAN_ENV}")
+    if argv[:1] == ["--plan"] and len(argv) == 2:
+        return validate(LaunchPlan, read_yaml(Path(argv[1])), argv[1])
+    from orchestrator.spec.resolve import load_job
+    from orchestrator.spec.run_record import check_outlives
+
+    if not argv:
+        raise PodrunError("usage: python -m orchestrator.backends.ray_job JOB [--set KEY=VALUE ...]")
+    ref, assignments, rest = argv[0], [], argv[1:]
+    while rest:
+        flag, value, rest = rest[0], rest[1] if len(rest) > 1 else "", rest[2:]
+        if flag != "--set" or not value:
+            raise PodrunError(f"unexpected argument {flag!r}: use --set KEY=VALUE")
+        assignments.append(value)
+    plan = load_job(ref, assignments, backend="ray")
+    check_outlives(plan, Path.cwd())  # `ray job submit` runs this in Ray's temporary copy of the repo
+    return plan
+
+
+def fit_horovod(plan: LaunchPlan) -> int:
+    """``comm: horovod`` on Ray: Horovod's own RayExecutor (Ray Train V2 has no HorovodTrainer).
+
+    RayExecutor does not restart workers, so a failure ends the run; resume it with
+    ``podrun launch ... --resume``.
+    """
+    from horovod.ray import RayExecutor
+
+    from jobs.ray_worker import horovod_worker
+
+    job = plan.job
+    use_gpu = job.device == "cuda"
+    executor = RayExecutor(RayExecutor.create_settings(timeout_s=600), num_workers=job.world_size,
+                           cpus_per_worker=1, use_gpu=use_gpu, gpus_per_worker=1 if use_gpu else None)
+    executor.start()
+    try:
+        codes = executor.run(horovod_worker, kwargs={"config": job.model_dump(mode="json")})
+    finally:
+        executor.shutdown()
+    return int(codes[0])
+
+
+def fit(plan: LaunchPlan) -> int:
+    """Run the plan's job with a TorchTrainer on the current Ray cluster; return its exit code."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from jobs.ray_worker import worker_main
+
+    ray.init()  # inside `ray job submit`: joins the cluster; pass no resources
+    if plan.job.preflight is not None:
+        code = preflight(plan)
+        if code != exit_codes.SUCCESS or os.environ.get("PODRUN_PREFLIGHT_ONLY"):
+            return code
+    if plan.job.comm == "horovod":
+        return report(fit_horovod(plan))
+    job, ray_cfg = plan.job, plan.profile.ray
+    use_gpu = job.device == "cuda"
+    resources = ray_cfg.resources_per_worker or ({"GPU": 1} if use_gpu else {"CPU": 1})
+    trainer = TorchTrainer(
+        worker_main,
+        train_loop_config={"job": job.model_dump(mode="json")},
+        scaling_config=ScalingConfig(num_workers=job.world_size, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=job.job_id,
+            storage_path=ray_cfg.storage_path or str(Path(job.checkpoint_dir).parent / "ray"),
+            failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    return report(int((result.metrics or {}).get("exit_code", exit_codes.FAILED)))
+
+
+def preflight(plan: LaunchPlan) -> int:
+    """The node checks, one Ray task per node; their outcome as the driver's exit code."""
+    code = run_ray_preflight(plan)
+    if code == exit_codes.SUCCESS:
+        print("[ray] preflight passed", flush=True)
+        return code
+    return report(code)
+
+
+def report(code: int) -> int:
+    """The driver's last line, which the Ray backend reads for the outcome."""
+    print(f"[ray] finished: {exit_codes.DESCRIPTIONS.get(code, 'failed')}", flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    from orchestrator.spec.run_record import announce
+
+    try:
+        plan = load_plan(sys.argv[1:] if argv is None else argv)
+        print(f"[ray] {announce(plan)}", flush=True)
+        return fit(plan)
+    except PodrunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_codes.FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

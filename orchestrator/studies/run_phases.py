@@ -1,0 +1,144 @@
+"""The whole run's phases, as the launcher sees them: from submission to the job's end.
+
+The ranks count start-up, data wait, compute, eval, checkpoints and time lost to
+preemptions (:mod:`jobs.rank.phases`) and leave the totals in ``run.json``. Only the launcher
+knows when the job was submitted, when the scheduler started it and when it saw the job
+end, so once a job has ended it adds:
+
+* ``queued``: submission to the job's start (Slurm: ``StartTime`` of ``scontrol show job``,
+  which is SubmitTime to StartTime plus sbatch's own round trip; Ray: submitted to the
+  workers up; local: submitted to the supervisor starting the ranks, about 0);
+* ``startup``: the job's start to the first ``run_start`` (script, srun, imports,
+  rendezvous, data listing, model build), less ``preflight`` when that ran in the job;
+* ``shutdown``: the ranks' end to the moment the launcher saw the job end (MLflow drain,
+  process exit, the scheduler's epilogue, the launcher's poll).
+
+They add up to ``wall_time_s`` (submission to the end, requeues included), up to clock
+rounding; :func:`phase_breakdown` computes them, :func:`record_phases` logs them to the
+run as ``phase_<name>_s`` metrics plus a stacked-bar PNG, and prints one short table.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobs.contract.checkpoint_index import read_run_info
+from jobs.rank.phases import phase_metrics
+from orchestrator.spec.jobstore import JobRecord, find_record
+from orchestrator.studies.plots import PHASE_ORDER, stacked_phases
+
+
+@dataclass
+class Breakdown:
+    """Seconds per phase of one run, and the wall time they should add up to."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.phases.get(name, 0.0) for name in PHASE_ORDER)
+
+
+def first_record(record: JobRecord, info: dict[str, Any]) -> JobRecord:
+    """The job that started this run (an earlier job when this one was ``--resume``\\ d), if known."""
+    attempts = info.get("attempts") or []
+    if not attempts or attempts[0] == record.job_id:
+        return record
+    from orchestrator.spec.paths import podrun_home
+
+    try:
+        return find_record(podrun_home(), attempts[0])
+    except Exception:  # noqa: BLE001 - an old or foreign job: fall back to this one
+        return record
+
+
+def phase_breakdown(record: JobRecord, info: dict[str, Any], preflight_s: float | None = None,
+                    seen_end: float | None = None) -> Breakdown | None:
+    """The run's phases from the ranks' totals in ``run.json`` and the launcher's times; None without them."""
+    ranks = info.get("phases")
+    if not ranks or "first_run_start" not in info or "phases_at" not in info:
+        return None
+    first = first_record(record, info)
+    submitted = first.submitted_at
+    started = first.extra.get("started_at") or info["first_origin"]
+    if not submitted <= started <= info["first_run_start"]:
+        started = min(max(info["first_origin"], submitted), info["first_run_start"])
+    ended = seen_end or record.finished_at or time.time()
+    phases = {"queued": started - submitted, "startup": info["first_run_start"] - started}
+    if preflight_s:
+        phases["preflight"] = preflight_s
+        phases["startup"] = max(phases["startup"] - preflight_s, 0.0)
+    phases |= {name: float(ranks.get(name, 0.0)) for name in ("data_wait", "compute", "eval", "checkpoint", "lost")}
+    phases["shutdown"] = max(ended - info["phases_at"], 0.0)
+    return Breakdown(phases={name: phases[name] for name in PHASE_ORDER if name in phases},
+                     wall_s=ended - submitted)
+
+
+def format_breakdown(breakdown: Breakdown) -> str:
+    """One short table: each phase's seconds and share, then the sum against the wall time."""
+    wall = max(breakdown.wall_s, 1e-9)
+    lines = [f"phases (submission to end, {breakdown.wall_s:.1f} s wall):"]
+    for name, seconds in breakdown.phases.items():
+        lines.append(f"  {name:<11}{seconds:>9.1f} s {100 * seconds / wall:>6.1f}%")
+    lines.append(f"  {'sum':<11}{breakdown.total_s:>9.1f} s {100 * breakdown.total_s / wall:>6.1f}%")
+    return "\n".join(lines)
+
+
+def breakdown_metrics(breakdown: Breakdown) -> dict[str, float]:
+    """``phase_<name>_s`` for every phase (``train`` = data_wait + compute) and ``wall_time_s``."""
+    phases = dict(breakdown.phases)
+    phases["train"] = phases.get("data_wait", 0.0) + phases.get("compute", 0.0)
+    return phase_metrics(phases) | {"wall_time_s": round(breakdown.wall_s, 4)}
+
+
+def record_phases(record: JobRecord, say: Any = print) -> Breakdown | None:
+    """After the job ended: compute the breakdown, log it to the job's MLflow run, and print it.
+
+    MLflow trouble costs a one-line warning, never the launch's exit code.
+    """
+    info = read_run_info(Path(record.checkpoint_dir))
+    run_id = info.get("mlflow_run_id")
+    client = _client(record.tracking_uri) if run_id else None
+    preflight = _metric(client, run_id, "phase_preflight_s")
+    breakdown = phase_breakdown(record, info, preflight)
+    if breakdown is None:
+        return None
+    say(format_breakdown(breakdown))
+    if client is not None:
+        try:
+            _log(client, run_id, breakdown, record.name)
+        except Exception as exc:  # noqa: BLE001 - the run itself is done and recorded
+            say(f"warning: could not log the phases to MLflow ({type(exc).__name__}: {str(exc)[:200]})")
+    return breakdown
+
+
+def _client(tracking_uri: str) -> Any:
+    from orchestrator.studies.tracking_client import tracking_client
+
+    return tracking_client(tracking_uri)
+
+
+def _metric(client: Any, run_id: str | None, name: str) -> float | None:
+    if client is None:
+        return None
+    try:
+        return client.get_run(run_id).data.metrics.get(name)
+    except Exception:  # noqa: BLE001 - unreachable: the breakdown goes on without it
+        return None
+
+
+def _log(client: Any, run_id: str, breakdown: Breakdown, name: str) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, 0) for key, value in breakdown_metrics(breakdown).items()]
+    client.log_batch(run_id, metrics=metrics)
+    with tempfile.TemporaryDirectory() as folder:
+        png = stacked_phases([(name, breakdown.phases)], Path(folder) / "phases.png",
+                             f"where the {breakdown.wall_s:.0f} s went")
+        client.log_artifact(run_id, str(png), "phases")
