@@ -1,6 +1,7 @@
 # podrun: the two README commands.
 #   make demo   set everything up, build the digits data set, train ResNet-50 (tiny) on 2 CPU ranks
 #   make test   set everything up, check lint and the import layers, run the test suite (what CI runs)
+#   make test-fast  lint, the import layers and the tests marked fast (no cluster, server or training job)
 #   make lint   ruff and the import contract (orchestrator above jobs, backends independent)
 #   make horovod  build (once, then cached) and install Horovod 0.28.1 with the C++17 fix
 PYTHON ?= python3
@@ -13,7 +14,7 @@ TORCH  ?= torch==2.13.0
 # the shared Ray cluster on one (tests/conftest.py groups them). Serial: PYTEST_ARGS=-p no:xdist
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
-.PHONY: demo test lint setup bench clean ui horovod
+.PHONY: demo test test-fast lint setup bench clean ui horovod
 
 setup: $(STAMP)
 
@@ -43,6 +44,11 @@ test: $(STAMP)
 	bash scripts/build-horovod.sh $(BIN)/python
 	$(MAKE) lint
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+# Parsing, rendering, golden files, config, predict: under 3 minutes once `make setup` has run.
+test-fast: $(STAMP)
+	$(MAKE) lint
+	$(BIN)/python -m pytest -q -m fast $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/input_pipeline.py

@@ -143,6 +143,9 @@ def _sweep_arguments(sub: argparse._SubParsersAction) -> list[argparse.ArgumentP
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        # as for `python -m`: a recipe's task module (task: MODULE:CLASS) may live in this folder
+        sys.path.append(str(Path.cwd()))
     try:
         return COMMANDS[args.command](args)
     except PodrunError as exc:

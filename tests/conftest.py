@@ -37,6 +37,19 @@ def registry_only_where_marked(request: pytest.FixtureRequest) -> Iterator[None]
         RegistryConfig.model_rebuild(force=True)
 
 
+@pytest.fixture(autouse=True)
+def fast_tests_start_no_job(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test marked ``fast`` that submits a job (every backend submits through ``Backend.submit``) fails."""
+    if not request.node.get_closest_marker("fast"):
+        return
+    from orchestrator.backends.base import Backend
+
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("a test marked fast started a training job: mark it slow instead")
+
+    monkeypatch.setattr(Backend, "submit", refuse)
+
+
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root holding ``digits/`` (scikit-learn's digits as ImageNet-layout JPEGs)."""
@@ -77,9 +90,15 @@ def local_env(podrun_home: Path, digits_root: Path, monkeypatch: pytest.MonkeyPa
 # pytest-xdist (make test runs -n 2 --dist loadgroup): the tests that share a real cluster
 # run in one worker, so each worker starts at most the clusters its tests need.
 CLUSTER_GROUPS = {"slurm_cluster": "slurm", "ssh_server": "slurm", "ray_cluster": "ray"}
+# What a test marked `fast` may not use (make test-fast: parsing, rendering, config, predict).
+SLOW_FIXTURES = {"slurm_cluster", "ssh_server", "ray_cluster", "mlflow_server", "server", "local_env"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    misfiled = [item.nodeid for item in items if item.get_closest_marker("fast")
+                and (item.get_closest_marker("slow") or SLOW_FIXTURES & set(item.fixturenames))]
+    if misfiled:
+        raise pytest.UsageError(f"marked fast but uses a cluster, a server or a training job: {', '.join(misfiled)}")
     for item in items:
         group = next((CLUSTER_GROUPS[name] for name in item.fixturenames if name in CLUSTER_GROUPS), None)
         if group and not item.get_closest_marker("xdist_group"):

@@ -15,6 +15,8 @@ from orchestrator.spec.profiles import ClusterProfile
 from orchestrator.spec.resolve import load_job
 from orchestrator.spec.scaling import derive
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -22,6 +22,8 @@ from jobs.data.images import ImageLoader
 from orchestrator.datasets.images import write_digits, write_synthetic
 from orchestrator.errors import DataError
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_IMAGES, VAL_IMAGES, BATCH = 37, 9, 4
 BACKENDS = ["dali", "torch"]
@@ -181,6 +183,7 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 from jobs.data.image_loader import build_loader
 from jobs.data.config import ImageDataConfig
+
 cfg = ImageDataConfig(backend={backend!r}, image_size=16, val_resize=20, workers=2)
 loader = build_loader(cfg, "train", data_dir=Path({data!r}), rank=0, world_size=2, batch_size=4, seed=7,
                       device=torch.device("cpu"), channels_last=True, num_classes=64)

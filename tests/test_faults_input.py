@@ -18,6 +18,8 @@ from jobs.contract.errors import CheckpointError
 from jobs.rank.checkpoint import load_resumable
 from orchestrator.cli import main
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
 # (what, bytes of the file, what the one-line error must say)

@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 HEAVY = ("torch", "mlflow", "ray", "nvidia.dali", "horovod")
 PROBE = """
 import json, sys
@@ -29,6 +31,7 @@ def heavy_modules_after(body: str, env: dict[str, str] | None = None) -> list[st
 
 CLI = """
 from orchestrator.cli import main
+
 try:
     main({argv!r})
 except SystemExit:
@@ -73,3 +76,42 @@ def test_the_rank_contract_imports_nothing_heavy():
             "jobs.contract.checkpoint_index, jobs.contract.config_io, jobs.contract.placement, jobs.tracking.spool, "
             "jobs.tracking.tracker, jobs.tasks.image_classification, jobs.tasks.translation")
     assert heavy_modules_after(body) == []
+
+
+def test_no_module_imports_another_in_a_circle():
+    """Every import, at the top or inside a function, goes one way (Tarjan's strongly connected components)."""
+    import grimp
+
+    graph = grimp.build_graph("jobs", "orchestrator", include_external_packages=False)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            members = stack[stack.index(module):]
+            del stack[stack.index(module):]
+            if len(members) > 1:
+                circles.append(sorted(members))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    assert circles == []
+
+
+@pytest.mark.parametrize("old", ["jobs.horovod_rendezvous", "jobs.sender", "jobs.system_metrics",
+                                 "orchestrator.preflight_gate", "orchestrator.predict_mlperf"])
+def test_the_python_m_names_of_earlier_releases_still_start(old):
+    proc = subprocess.run([sys.executable, "-m", old, "--help"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-1000:]  # its help, or its table

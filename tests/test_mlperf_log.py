@@ -17,6 +17,8 @@ from jobs.rank.mlperf_log import (
     run_compliance_checker,
 )
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 STEPS_PER_EPOCH = 40
 
 

@@ -13,6 +13,8 @@ from orchestrator.cli import main
 from orchestrator.spec import paths
 from orchestrator.spec.resolve import load_job
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 REPO = Path(__file__).resolve().parent.parent
 
 

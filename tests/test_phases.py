@@ -12,6 +12,8 @@ from orchestrator.backends.slurm import slurm_time
 from orchestrator.spec.jobstore import JobRecord
 from orchestrator.studies.run_phases import breakdown_metrics, format_breakdown, phase_breakdown
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 RANK_SUM = ("startup", "lost", "data_wait", "compute", "eval", "checkpoint")
 
 

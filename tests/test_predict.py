@@ -14,6 +14,8 @@ from orchestrator.studies.predict_model import Fabric, allreduce_seconds, bus_ba
 from orchestrator.studies.rcp import convergence_points, epochs_to_converge, rcp_round, rcp_rounds
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 DGX_A100 = Fabric(gpus_per_node=8, nvlink_bps=300e9, network_bps=200e9, hop_s=5e-6)
 
 

@@ -25,6 +25,8 @@ from jobs.preflight.result import Report, failed, outliers, passed, skipped
 from jobs.preflight.software import clock_problems, compare_versions, evaluate_software
 from jobs.preflight.storage import check_checkpoint_root
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 DATA = Path(__file__).resolve().parent / "data" / "preflight"
 IB, NVML = DATA / "ib", DATA / "nvml"
 

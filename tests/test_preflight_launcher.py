@@ -15,6 +15,8 @@ from orchestrator.cli import main
 from orchestrator.preflight.policy import Excluded, decide, parse_sinfo_nodes, status_note
 from orchestrator.spec.resolve import load_job
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -13,6 +13,8 @@ from orchestrator.spec.resolve import load_job
 from orchestrator.spec.run_record import check_outlives, reproduce_command
 from tests.test_config import render_error
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 
 @pytest.fixture
 def cluster_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, podrun_home: Path) -> Path:

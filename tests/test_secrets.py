@@ -60,6 +60,7 @@ def assert_clean(text: str, planted: dict[str, str], where: str) -> None:
 # --------------------------------------------------------------------------- the rule, unit by unit
 
 
+@pytest.mark.fast
 def test_env_mappings_keep_references_and_other_strings_expand(tmp_path, monkeypatch):
     monkeypatch.setenv("SOME_ROOT", "/data")
     path = tmp_path / "c.yaml"
@@ -68,6 +69,7 @@ def test_env_mappings_keep_references_and_other_strings_expand(tmp_path, monkeyp
                                "interconnect": {"env": {"K": "a${SOME_ROOT:-b}"}}}
 
 
+@pytest.mark.fast
 def test_mask_text_keeps_keys_and_references():
     text = ("export DB_PASSWORD='hunter2hunter2'\nexport WANDB_API_KEY=\"${MY_SECRET_TOKEN}\"\n"
             "tracking_uri: http://bob:pa55word@host:5000\nmax_tokens: 4096\n\"api_key\": \"abc\", \"lr\": 0.1\n"
@@ -85,6 +87,7 @@ def test_mask_text_keeps_keys_and_references():
     assert split_credentials("sqlite:///a.db") == ("sqlite:///a.db", {})
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("backend", ["local", "slurm", "ray", "ray-on-slurm"])
 def test_rendered_scripts_and_plans_hold_references_not_secrets(backend, tmp_path, planted, podrun_home,
                                                                monkeypatch, capsys):

@@ -22,6 +22,8 @@ from orchestrator.errors import ConfigError
 from orchestrator.spec import resolve
 from orchestrator.spec.jobstore import FAILED, PENDING, RUNNING, SUCCEEDED
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "golden"
 

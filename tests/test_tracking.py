@@ -60,6 +60,7 @@ def artifact(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------- sqlite store
 
 
+@pytest.mark.fast
 def test_sqlite_run_reads_back(tmp_path: Path, sqlite_uri: str, artifact: Path) -> None:
     tracker = Tracker(sqlite_uri, "resnet50", tmp_path / "spool", run_name="first")
     assert tracker.run_id
@@ -77,6 +78,7 @@ def test_sqlite_run_reads_back(tmp_path: Path, sqlite_uri: str, artifact: Path) 
     assert json.loads((tmp_path / "spool" / "meta.json").read_text())["done"] is True
 
 
+@pytest.mark.fast
 def test_secrets_are_dropped(
     tmp_path: Path, sqlite_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -101,6 +103,7 @@ def test_secrets_are_dropped(
     assert token not in spool_text and "hunter2" not in spool_text
 
 
+@pytest.mark.fast
 def test_secret_reason_keeps_ordinary_values() -> None:
     assert secret_reason("git_sha", "0123456789abcdef0123456789abcdef01234567") is None
     assert secret_reason("path", "/data/imagenet/ILSVRC2012/train") is None
@@ -108,6 +111,7 @@ def test_secret_reason_keeps_ordinary_values() -> None:
     assert secret_reason("cfg", "-----BEGIN RSA PRIVATE KEY-----\n...") is not None
 
 
+@pytest.mark.fast
 def test_long_values_and_bad_keys(tmp_path: Path, sqlite_uri: str) -> None:
     tracker = Tracker(sqlite_uri, "limits", tmp_path / "spool")
     tracker.log_params({"notes": "x" * 7000, "bad key!*": 1, "a//b/./c/": 2})
@@ -121,6 +125,7 @@ def test_long_values_and_bad_keys(tmp_path: Path, sqlite_uri: str) -> None:
     assert sanitize_key("../x") == "x"
 
 
+@pytest.mark.fast
 def test_resume_continues_the_same_run(tmp_path: Path, sqlite_uri: str) -> None:
     first = Tracker(sqlite_uri, "resume", tmp_path / "spool-1")
     first.log_params({"lr": 0.1})
@@ -143,6 +148,7 @@ def test_resume_continues_the_same_run(tmp_path: Path, sqlite_uri: str) -> None:
     assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
+@pytest.mark.fast
 def test_same_spool_resumes_without_run_id(tmp_path: Path, sqlite_uri: str) -> None:
     first = Tracker(sqlite_uri, "resume", tmp_path / "spool")
     first.finish("KILLED")
@@ -222,6 +228,7 @@ def test_backoff_skips_attempts_inside_the_window(tmp_path: Path, server: Mlflow
     assert MlflowClient(server.uri).get_run(tracker.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.fast
 def test_replay_of_a_missing_spool_says_so(tmp_path: Path) -> None:
     with pytest.raises(SpoolError, match="no tracking spool"):
         replay_spool(tmp_path / "nothing-here")

@@ -21,6 +21,8 @@ from orchestrator.errors import DataError
 from orchestrator.spec.resolve import load_recipe
 from orchestrator.spec.scaling import derive
 
+pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
+
 torch.set_num_threads(1)
 TINY = TransformerConfig(arch="transformer", d_model=32, ffn_dim=64, heads=4, encoder_layers=1, decoder_layers=2,
                          dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, max_positions=64)

@@ -168,7 +168,7 @@ def load_job(
         comm=spec.comm,
         horovod=spec.horovod,
         derived=derived,
-        data_dir=str(_absolute(profile, profile.data_root) / recipe.data.dataset),
+        data_dir=str(_absolute(profile, profile.data_root) / getattr(recipe.data, "dataset", recipe.name)),
         checkpoint_dir=str(checkpoint_dir),
         job_dir=str(state_dir / "jobs" / job_id),
         tracking_uri=uri,
