@@ -22,13 +22,29 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
 from jobs.contract.errors import ConfigError
 from jobs.contract.yaml_guard import MalformedYaml, load_yaml_text, read_config_bytes
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a shell takes as a variable name, and nothing else
+
+
+def check_env_name(name: str) -> str:
+    """``name`` if it is an environment variable name; ValueError (one line) otherwise.
+
+    Names reach shells unquoted (``export NAME=...``), so anything else could run a command.
+    """
+    if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not an environment variable name: use letters, digits and _, "
+                         "not starting with a digit")
+    return name
+
+
+EnvName = typing.Annotated[str, AfterValidator(check_env_name)]
+EnvMap = dict[EnvName, str]  # a profile's env, interconnect.env, slurm.login.env
 
 
 class StrictModel(BaseModel):
@@ -125,6 +141,9 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], sour
     errors = exc.errors()
     first = errors[0]
     raw_loc = [str(part) for part in first["loc"]]
+    bad_key = raw_loc[-1:] == ["[key]"]
+    if bad_key:  # a mapping's key failed: show the mapping, the message names the key
+        raw_loc = raw_loc[:-2]
     shown_loc, _ = walk(model, raw_loc, data)
     path = ".".join(([prefix] if prefix else []) + shown_loc) or "(top level)"
     if first["type"] == "extra_forbidden":
@@ -134,7 +153,7 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], sour
         message = f"missing required key '{path}'"
     else:
         got = first.get("input")
-        shown = f" (got {got!r})" if not isinstance(got, (dict, list)) and len(repr(got)) < 80 else ""
+        shown = f" (got {got!r})" if not isinstance(got, (dict, list)) and len(repr(got)) < 80 and not bad_key else ""
         where = "" if path == "(top level)" else f"{path}: "
         message = f"{where}{first['msg'].removeprefix('Value error, ').rstrip('.')}{shown}"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""

@@ -35,7 +35,7 @@ from orchestrator.backends.lifeline import (
     orphan_status,
     write_rank_pids,
 )
-from orchestrator.spec.job_env import expand_values, expected_comment, shell_word, submission_environment
+from orchestrator.spec.job_env import env_key, expand_values, expected_comment, shell_word, submission_environment
 from orchestrator.spec.jobspec import PLAN_FILE, LaunchPlan, load_plan_file
 from orchestrator.spec.jobstore import CANCELLED, FAILED, PREEMPTED, RUNNING, SUCCEEDED, JobRecord, is_terminal
 from orchestrator.spec.paths import run_dir
@@ -104,7 +104,7 @@ class LocalBackend(Backend):
         ]
         for env, argv, log_name in launches(plan, port=0):
             env.pop("MASTER_PORT")
-            assignments = " ".join(f"{k}={shell_word(v)}" for k, v in env.items())
+            assignments = " ".join(f"{env_key(k)}={shell_word(v)}" for k, v in env.items())
             log = shlex.quote(str(Path(job.job_dir) / "logs" / log_name))
             lines.append(f'{assignments} MASTER_PORT="$MASTER_PORT" {shlex.join(argv)} >{log} 2>&1 &')
             lines.append("pids+=($!)")

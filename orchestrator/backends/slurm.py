@@ -24,7 +24,7 @@ from orchestrator.backends.slurm_submit import submission_mark, submit_once
 from orchestrator.backends.ssh_retry import retrying
 from orchestrator.backends.tunnel import Tunnel, open_tunnel
 from orchestrator.errors import BackendError, ConfigError
-from orchestrator.spec.job_env import expected_comment, shell_word, submission_environment
+from orchestrator.spec.job_env import env_key, expected_comment, shell_word, submission_environment
 from orchestrator.spec.jobspec import PLAN_FILE, LaunchPlan, dump_plan
 from orchestrator.spec.jobstore import (
     CANCELLED,
@@ -79,6 +79,7 @@ def _environment() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters["q"] = lambda value: shlex.quote(str(value))
     env.filters["shell_word"] = shell_word  # quoted, but ${VAR} expands when the script runs
+    env.filters["env_key"] = env_key  # a variable name, or the render stops
     env.filters["sbatch"] = sbatch_value
     return env
 

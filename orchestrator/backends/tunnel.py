@@ -22,7 +22,7 @@ from pathlib import Path
 
 from jobs.contract.private_files import FILE_MODE, private_dir, write_private
 from orchestrator.errors import BackendError
-from orchestrator.spec.job_env import expand_values
+from orchestrator.spec.job_env import env_key, expand_values
 from orchestrator.spec.profiles import LoginConfig
 
 
@@ -139,7 +139,7 @@ class SSHTunnel(Tunnel):
         command = ('eval "$(cat)"; ' if variables else "") + shlex.join(argv)
         stdin, stdout, stderr = self._connect().exec_command(command, timeout=timeout)
         if variables:
-            stdin.write("".join(f"export {k}={shlex.quote(v)}\n" for k, v in variables.items()))
+            stdin.write("".join(f"export {env_key(k)}={shlex.quote(v)}\n" for k, v in variables.items()))
             stdin.channel.shutdown_write()
         out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
         return CommandResult(stdout.channel.recv_exit_status(), out, err)

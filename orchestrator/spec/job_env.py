@@ -20,7 +20,7 @@ import os
 import shlex
 from collections.abc import Mapping
 
-from jobs.contract.config_io import env_references, expand_string, split_references
+from jobs.contract.config_io import check_env_name, env_references, expand_string, split_references
 from jobs.contract.secret_filter import known_secret_values, secret_reason, split_credentials
 from orchestrator.errors import ConfigError
 from orchestrator.spec.jobspec import LaunchPlan
@@ -116,6 +116,21 @@ def check_submission_environment(plan: LaunchPlan) -> None:
 def expand_values(env: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
     """``env`` with its references expanded from ``environ`` (what the ranks finally see)."""
     return {key: expand_string(value, environ) for key, value in env.items()}
+
+
+def env_key(name: str) -> str:
+    """``name`` for ``export NAME=...`` in a script or an SSH command; refused unless it is a variable name.
+
+    Profiles refuse such names where they are read; this check stands where a name meets a
+    shell, so that a field added later cannot slip a command through.
+
+    Raises:
+        ConfigError: ``name`` is not ``[A-Za-z_][A-Za-z0-9_]*``.
+    """
+    try:
+        return check_env_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"environment: {exc}") from None
 
 
 def shell_word(value: str, key: str = "") -> str:

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from jobs.contract.config_io import StrictModel, read_yaml, validate
+from jobs.contract.config_io import EnvMap, StrictModel, read_yaml, validate
 from jobs.contract.preflight_spec import PreflightSettings, PreflightSpec
 from orchestrator.spec.backend_names import check_backend_name
 from orchestrator.spec.paths import find_cluster_file
@@ -34,7 +34,7 @@ class InterconnectConfig(StrictModel):
     """InfiniBand HCAs and the NCCL/UCX environment that goes with them."""
 
     hcas: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
     # Bandwidths for `podrun predict` (orchestrator/studies/predict_model.py): NVLink inside a node, HCAs between.
     nvlink_gbs: float | None = Field(None, gt=0, description="one GPU's NVLink/NVSwitch bandwidth, GB/s one way")
     link_gbps: float | None = Field(None, gt=0, description="each HCA's link rate, Gb/s (EDR 100, HDR 200, NDR 400)")
@@ -55,7 +55,7 @@ class LoginConfig(StrictModel):
     key_file: str | None = None  # None: the SSH agent, then ~/.ssh/id_*
     known_hosts: str = "~/.ssh/known_hosts"
     connect_timeout_s: float = Field(15, gt=0)
-    env: dict[str, str] = Field(default_factory=dict, description="exported before every remote command")
+    env: EnvMap = Field(default_factory=dict, description="exported before every remote command")
 
 
 SBATCH_VALUE = r"^[^\n\r\x00]*$"
@@ -146,7 +146,7 @@ class ClusterProfile(StrictModel):
     checkpoint_root: str = ".podrun/checkpoints"
     state_dir: str | None = Field(None, description="job folders on the cluster (shared); None: $PODRUN_HOME")
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     preflight: PreflightConfig = Field(default_factory=PreflightConfig)
