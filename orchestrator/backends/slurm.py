@@ -74,6 +74,11 @@ def sbatch_value(value: object) -> str:
     return text
 
 
+def comment_text(value: object) -> str:
+    """A value inside a ``#`` comment: on one line (a newline would end the comment and start a command)."""
+    return str(value).replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(template_dir()), trim_blocks=True, lstrip_blocks=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
@@ -81,6 +86,7 @@ def _environment() -> jinja2.Environment:
     env.filters["shell_word"] = shell_word  # quoted, but ${VAR} expands when the script runs
     env.filters["env_key"] = env_key  # a variable name, or the render stops
     env.filters["sbatch"] = sbatch_value
+    env.filters["comment"] = comment_text
     return env
 
 
