@@ -61,18 +61,35 @@ class Window:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This rank's RNG streams as tensors, numbers and lists: a checkpoint loads them with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": [int(version), [int(word) for word in internal], gauss_next],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(saved: list[dict[str, Any]], rank: int, world_size: int) -> None:
-    """Restore this rank's RNG streams (rank 0's if the checkpoint came from another world size)."""
+    """Restore this rank's RNG streams (rank 0's if the checkpoint came from another world size).
+
+    Reads both formats: numpy's state as a dict holding a tensor, or (checkpoints of the previous
+    format) numpy's own tuple; python's as a list or a tuple.
+    """
     state = saved[rank] if len(saved) == world_size else saved[0]
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 

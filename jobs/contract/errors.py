@@ -26,6 +26,17 @@ class CheckpointError(PodrunError):
     """No checkpoint in a folder can be resumed from (all truncated, damaged or unreadable)."""
 
 
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint that could run code when loaded, or one that another user could have replaced: refused.
+
+    Its pickle needs more than tensors, numbers, strings, lists and dicts, or it (or the job's
+    checkpoint folder) is writable by its group or others, or owned by someone else. Exit 64:
+    the user fixes the folder or removes the file; nothing in it ran.
+    """
+
+    exit_code = exit_codes.CONFIG_ERROR
+
+
 class CheckpointWriteError(PodrunError):
     """A checkpoint could not be written (a full disk); the earlier ones are intact."""
 

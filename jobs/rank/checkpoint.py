@@ -3,28 +3,42 @@
 A checkpoint is written to a temporary file, fsynced, its SHA-256 recorded beside it, then
 renamed into place (see :mod:`jobs.contract.checkpoint_index`). :func:`load_resumable` takes the
 newest checkpoint whose checksum matches and that loads, and says which ones it passed over.
+
+A checkpoint holds tensors, numbers, strings, lists and dicts only, and is loaded with
+``torch.load(weights_only=True)``: torch's own unpickler, which builds those and calls nothing
+else, so a planted file cannot run code. One that needs anything more is refused
+(:class:`UntrustedCheckpointError`, exit 64), as is a folder or file someone else could write.
+Checkpoints of the previous format hold numpy's RNG state as a numpy array: numpy's array and
+dtype types are allowed for them, and nothing more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from jobs.contract.checkpoint_index import (
+    PREVIOUS_FORMAT_GLOBALS,
     atomic_write_bytes,
     checkpoint_name,
     checkpoint_problem,
     latest_checkpoint,
     list_checkpoints,
     read_run_info,
+    refusal,
     remove_checkpoint,
+    require_trusted,
     write_run_info,
 )
-from jobs.contract.errors import CheckpointError, CheckpointWriteError
+from jobs.contract.errors import CheckpointError, CheckpointWriteError, UntrustedCheckpointError
 
 __all__ = ["latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_resumable", "read_run_info",
            "save_checkpoint", "write_run_info"]
@@ -64,19 +78,61 @@ def _remove_stale_temporaries(directory: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU (tensors are moved by their owners).
+    """Load a checkpoint on the CPU (tensors are moved by their owners), running nothing in it.
 
     Raises:
+        UntrustedCheckpointError: it needs more than tensors, numbers, strings, lists and dicts
+            to load, or someone else could have written it; nothing in it ran.
         CheckpointError: the file does not match its checksum or is not a checkpoint.
     """
     path = Path(path)
+    require_trusted(path)
     problem = checkpoint_problem(path)
     if problem is None:
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - pickle, zip and EOF errors all mean "unreadable"
+            return _load_tensors_only(path)
+        except UntrustedCheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zip, EOF and storage errors all mean "unreadable"
             problem = f"not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     raise CheckpointError(f"{path}: {problem}")
+
+
+def previous_format_globals() -> list[Any]:
+    """numpy's array and dtype types (:data:`PREVIOUS_FORMAT_GLOBALS`) for ``torch.serialization.safe_globals``.
+
+    The previous format kept numpy's RNG state as numpy's own tuple, holding a uint32 array.
+    """
+    reconstruct = np.zeros(1, np.uint32).__reduce__()[0]
+    allowed: list[Any] = [(reconstruct, "numpy._core.multiarray._reconstruct"),
+                          (reconstruct, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype]
+    uint32_type = type(np.dtype(np.uint32))  # numpy.dtypes.UInt32DType (numpy >= 1.25): the array's dtype
+    return allowed + ([uint32_type] if uint32_type is not np.dtype else [])
+
+
+def _load_tensors_only(path: Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)``, after reading (not running) which globals the pickle names.
+
+    Raises:
+        UntrustedCheckpointError: the pickle names, or builds, anything beyond tensors and plain
+            data (and numpy's array for the previous format).
+        ValueError: not a zip archive, as ``torch.save`` writes.
+    """
+    if not zipfile.is_zipfile(path):
+        raise ValueError("not a zip archive, as torch.save writes")
+    try:
+        needs = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except pickle.UnpicklingError as exc:  # an opcode the weights-only unpickler never runs
+        raise refusal(path, str(exc)) from None
+    if needs - PREVIOUS_FORMAT_GLOBALS:
+        raise refusal(path, "it names " + ", ".join(sorted(needs - PREVIOUS_FORMAT_GLOBALS)))
+    allowed = torch.serialization.safe_globals(previous_format_globals()) if needs else contextlib.nullcontext()
+    try:
+        with allowed:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = [line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line]
+        raise refusal(path, reason[0] if reason else str(exc).splitlines()[0]) from None
 
 
 def load_resumable(directory: Path, preferred: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
@@ -87,13 +143,20 @@ def load_resumable(directory: Path, preferred: Path | None = None) -> tuple[Path
     checkpoint passed over is named in a ``[resume] warning`` line.
 
     Raises:
+        UntrustedCheckpointError: a checkpoint reached, or the folder, is refused (see
+            :func:`load_checkpoint`): no fallback, the folder needs the user's eyes.
         CheckpointError: checkpoints exist, but none of them can be loaded.
     """
-    candidates = ([Path(preferred)] if preferred else []) + list(reversed(list_checkpoints(directory)))
+    found = list(reversed(list_checkpoints(directory)))
+    if found:
+        require_trusted(Path(directory))
+    candidates = ([Path(preferred)] if preferred else []) + found
     problems = []
     for path in candidates:
         try:
             state = load_checkpoint(path)
+        except UntrustedCheckpointError:
+            raise
         except CheckpointError as exc:
             problems.append(str(exc))
             print(f"[resume] warning: skipping {exc}", flush=True)
