@@ -116,9 +116,16 @@ def _init_arguments(sub) -> None:
 
 
 def _predict_arguments(sub: argparse._SubParsersAction) -> None:
-    predict = sub.add_parser("predict", help="predict time-to-train and GPU-hours at several node counts")
+    predict = sub.add_parser("predict", help="predict time-to-train and GPU-hours at several node counts, or check "
+                                             "the predictor against published results (--validate FILE)")
     _job_arguments(predict)
-    predict.add_argument("--nodes", required=True, help="node counts, e.g. 1,2,4,8")
+    for action in predict._actions:  # `podrun predict --validate FILE` needs no job: cmd_predict asks for one
+        if action.dest == "job":
+            action.nargs, action.required, action.default = "?", False, None
+    predict.add_argument("--nodes", help="node counts, e.g. 1,2,4,8 (needed with a JOB)")
+    predict.add_argument("--validate", type=Path, metavar="FILE",
+                         help="check the predictor against a results file in the bench/mlperf/resnet_results.yaml "
+                              "format instead (each round's step floor fitted on the other rounds)")
     predict.add_argument("--throughput", type=float, help="items/s per GPU on one node (default: the fastest "
                          "MLflow run of the recipe on this profile, else the profile's throughput: table)")
     predict.add_argument("--rcp-round", help="MLPerf round whose RCPs give ResNet-50's epochs (default: newest)")
@@ -271,9 +278,21 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from orchestrator.errors import ConfigError
     from orchestrator.spec.paths import podrun_home
     from orchestrator.studies import predict
 
+    if args.validate:
+        if args.job or args.nodes:
+            raise ConfigError("--validate FILE checks the predictor on a results file: give it without a JOB and "
+                              "--nodes")
+        from orchestrator.studies.predict_validate import validate_report
+
+        print(validate_report(args.validate))
+        return 0
+    if not args.job or not args.nodes:
+        raise ConfigError("podrun predict needs a JOB and --nodes (podrun predict resnet50:superpod --nodes 1,8), "
+                          "or --validate FILE")
     plan = _resolve(args)
     result = predict.forecast(plan, predict.parse_nodes(args.nodes), args.throughput, args.rcp_round,
                               algorithm=args.allreduce)

@@ -1,23 +1,28 @@
 """The predictor against published MLPerf ResNet-50 results (docs/PREDICTION.md, tests/test_predict.py).
 
-``bench/mlperf/resnet_results.yaml`` holds NVIDIA's closed-division ResNet-50 results of
-MLPerf Training v0.6 (DGX-1, DGX-2H), v2.0 (DGX A100) and v3.0 (DGX H100), extracted from
-the official logs by ``bench/mlperf/extract.py``. For each system the model is calibrated
-on its 1-node result only (one GPU's rate from the measured step time, the eval rate from
-the measured evals) and predicts every multi-node result of the same system: epochs from
+A results file (``bench/mlperf/resnet_results.yaml``, written by ``bench/mlperf/extract.py``
+from the official logs) holds node types under ``hardware:`` (GPUs per node, NVLink, HCAs)
+and published rows under ``results:``. The rows of one round on one node type are one
+system: the model is calibrated on its smallest row only (one GPU's rate from the measured
+step time, the eval rate from the measured evals) and predicts its other rows: epochs from
 the RCPs at the row's global batch, the row's own global batch (MLPerf submissions shrink
-the per-GPU batch as they grow), the fabric from the system sheet, and the same per-step
-floor for every row. MLPerf's clock starts at ``run_start``, so start-up is 0.
+the per-GPU batch as they grow), the fabric from the node type, and one per-step floor for
+every row. MLPerf's clock starts at ``run_start``, so start-up is 0. The floor is fitted
+elsewhere (:mod:`orchestrator.studies.predict_validate`): never on the rows it predicts.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
-from jobs.contract.config_io import read_yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from jobs.contract.config_io import read_yaml, validate
+from orchestrator.errors import ConfigError
 from orchestrator.studies.predict_model import Calibration, Fabric, Prediction, Workload, calibrate, predict_scale
 from orchestrator.studies.rcp import convergence_points, epochs_to_converge, rcp_round
 
@@ -27,95 +32,187 @@ RESNET50_PARAMETERS = 25_557_032  # ResNet-50 v1.5 (jobs/models/resnet.py builds
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000  # the logs' train_samples and eval_samples
 MLPERF_EVAL_EVERY = 4  # epochs between evals in these submissions
 FP16_BYTES = 2  # the MXNet submissions reduce fp16 gradients
-STEP_FLOOR_MS = 5.0  # one constant for every row and GPU generation (see docs/PREDICTION.md)
-
-
-@dataclass
-class Check:
-    """One published result and what the model says about it."""
-
-    row: dict[str, Any]
-    prediction: Prediction | None  # None: the calibration row itself
-    rcp_note: str
-    measured_step_s: float
-    error: float | None  # predicted / published - 1
-
-
-def load_results(path: Path = RESULTS_FILE) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The hardware sheets and the result rows."""
-    data = read_yaml(path)
-    return data["hardware"], data["results"]
-
-
-def fabric_of(hardware: dict[str, Any], hop_us: float = 5.0) -> Fabric:
-    return Fabric(gpus_per_node=hardware["gpus_per_node"], nvlink_bps=hardware["nvlink_gbs"] * 1e9,
-                  network_bps=hardware["hcas"] * hardware["link_gbps"] / 8 * 1e9, hop_s=hop_us * 1e-6)
-
-
+HOP_US = 5.0  # one hop between nodes (InfiniBand through a switch or two)
+FIRST_RCP_ROUND = (1, 0)  # rounds before 1.0 had no RCPs: reported, not counted
+TOLERANCE = 0.20  # the goal: predicted within ±20% of published
 WORKLOAD = Workload(items_per_epoch=IMAGENET_TRAIN, eval_items=IMAGENET_VAL,
                     grad_bytes=RESNET50_PARAMETERS * FP16_BYTES, eval_every=MLPERF_EVAL_EVERY)
 
 
-def measured_step_s(row: dict[str, Any]) -> float:
+def _round(value: object) -> str:
+    """A round as written: 3.1, 3.1.0 or 4 (YAML reads an unquoted 3.1 as a number)."""
+    text = str(value) if isinstance(value, (int, float)) else value
+    if not isinstance(text, str) or not re.fullmatch(r"\d+(\.\d+){0,2}", text):
+        raise ValueError("expected a round like 3.1 or 3.1.0")
+    return text
+
+
+Round = Annotated[str, BeforeValidator(_round)]
+
+
+class NodeType(BaseModel):
+    """A ``hardware:`` entry: what the allreduce model needs of one node."""
+
+    model_config = ConfigDict(extra="ignore")
+    gpus_per_node: int = Field(gt=0)
+    nvlink_gbs: float = Field(gt=0)  # one GPU's NVLink (or PCIe) bandwidth, one way, GB/s
+    hcas: int = Field(gt=0)
+    link_gbps: float = Field(gt=0)  # one HCA, Gb/s
+    gpu: str = ""
+    source: str = ""
+
+
+class ResultRow(BaseModel):
+    """A ``results:`` entry: one published result (MLPerf's score of its five runs)."""
+
+    model_config = ConfigDict(extra="ignore")
+    round: Round
+    system: str
+    hardware: str
+    nodes: int = Field(gt=0)
+    global_batch: int = Field(gt=0)
+    time_to_train_s: float = Field(gt=0)
+    epochs: float = Field(gt=0)
+    evals: float = Field(gt=0)
+    eval_s: float = Field(ge=0)
+    platform: str = ""
+    submitter: str = ""
+    stack: str = ""
+    source: str = ""
+
+    @property
+    def round_key(self) -> tuple[int, ...]:
+        return tuple(int(part) for part in self.round.split(".") if part.isdigit())
+
+
+class ResultsFile(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    hardware: dict[str, NodeType]
+    results: list[ResultRow] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _known_hardware(self) -> ResultsFile:
+        for row in self.results:
+            if row.hardware not in self.hardware:
+                raise ValueError(f"result {row.system!r} (round {row.round}) names hardware {row.hardware!r}, "
+                                 f"which is not under hardware: ({', '.join(sorted(self.hardware)) or 'none'})")
+        return self
+
+
+@dataclass(frozen=True)
+class Check:
+    """One published result and what the model says about it."""
+
+    row: ResultRow
+    gpus_per_node: int
+    prediction: Prediction | None  # None: the row the system was calibrated on
+    rcp_note: str
+    measured_step_s: float
+    floor_ms: float
+    error: float | None  # predicted / published - 1
+
+    @property
+    def counted(self) -> bool:
+        """A predicted multi-node row of a round with RCPs: what the ±20% goal counts."""
+        return self.multi_node and self.row.round_key >= FIRST_RCP_ROUND
+
+    @property
+    def multi_node(self) -> bool:
+        return self.prediction is not None and self.row.nodes > 1
+
+
+def load_results(path: Path = RESULTS_FILE) -> ResultsFile:
+    """A results file, validated.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or a key is missing, malformed or names
+            a node type that ``hardware:`` lacks (one line: the file and the key path).
+    """
+    return validate(ResultsFile, read_yaml(Path(path), expand=False), str(path))
+
+
+def fabric_of(node: NodeType) -> Fabric:
+    return Fabric(gpus_per_node=node.gpus_per_node, nvlink_bps=node.nvlink_gbs * 1e9,
+                  network_bps=node.hcas * node.link_gbps / 8 * 1e9, hop_s=HOP_US * 1e-6)
+
+
+def measured_step_s(row: ResultRow) -> float:
     """``(T - eval time) / (E * ceil(items / B))``: the mean step of a published run."""
-    steps = math.ceil(IMAGENET_TRAIN / row["global_batch"])
-    return (row["time_to_train_s"] - row["eval_s"]) / (row["epochs"] * steps)
+    steps = math.ceil(IMAGENET_TRAIN / row.global_batch)
+    return (row.time_to_train_s - row.eval_s) / (row.epochs * steps)
 
 
-def calibrate_on(row: dict[str, Any], fabric: Fabric, floor_ms: float) -> Calibration:
-    """A system's rates from its 1-node row."""
-    world = row["nodes"] * fabric.gpus_per_node
-    return calibrate(row["global_batch"] / world, world, measured_step_s(row), row["eval_s"] / row["evals"],
-                     WORKLOAD, fabric, floor_ms / 1000, startup_s=0.0, source=row["system"])
+def systems(results: ResultsFile) -> list[list[ResultRow]]:
+    """The rows of each (round, node type), smallest first (ties keep the file's order)."""
+    groups: dict[tuple[str, str], list[ResultRow]] = {}
+    for row in results.results:
+        groups.setdefault((row.round, row.hardware), []).append(row)
+    return [sorted(rows, key=lambda r: r.nodes) for rows in groups.values()]
 
 
-def check_results(path: Path = RESULTS_FILE, floor_ms: float = STEP_FLOOR_MS) -> list[Check]:
-    """Every row, the 1-node rows as calibrations and the others predicted from them."""
-    hardware, rows = load_results(path)
-    checks = []
-    for kind, sheet in hardware.items():
-        system_rows = sorted((r for r in rows if r["hardware"] == kind), key=lambda r: r["nodes"])
-        fabric = fabric_of(sheet)
-        cal = calibrate_on(system_rows[0], fabric, floor_ms)
-        for row in system_rows:
-            round_, note = rcp_round(row["round"] + ".0")
-            if row is system_rows[0]:
-                checks.append(Check(row, None, note, measured_step_s(row), None))
-                continue
-            epochs = epochs_to_converge(row["global_batch"], convergence_points(round_))
-            found = predict_scale(row["nodes"], fabric.gpus_per_node, row["global_batch"], 0.0,
-                                  (epochs, f"RCP {round_}"), WORKLOAD, cal, fabric)
-            checks.append(Check(row, found, note, measured_step_s(row), found.time_s / row["time_to_train_s"] - 1))
+def calibrate_on(row: ResultRow, fabric: Fabric, floor_ms: float) -> Calibration:
+    """A system's rates from its smallest row."""
+    world = row.nodes * fabric.gpus_per_node
+    return calibrate(row.global_batch / world, world, measured_step_s(row), row.eval_s / row.evals,
+                     WORKLOAD, fabric, floor_ms / 1000, startup_s=0.0, source=row.system)
+
+
+def check_system(rows: list[ResultRow], node: NodeType, floor_ms: float) -> list[Check]:
+    """The first row as the calibration, the others predicted from it."""
+    fabric = fabric_of(node)
+    try:
+        cal = calibrate_on(rows[0], fabric, floor_ms)
+    except ConfigError as exc:
+        raise ConfigError(f"result {rows[0].system!r} (round {rows[0].round}): {exc}") from None
+    round_, note = rcp_round(rows[0].round)
+    checks = [Check(rows[0], node.gpus_per_node, None, note, measured_step_s(rows[0]), floor_ms, None)]
+    for row in rows[1:]:
+        epochs = epochs_to_converge(row.global_batch, convergence_points(round_))
+        found = predict_scale(row.nodes, node.gpus_per_node, row.global_batch, 0.0, (epochs, f"RCP {round_}"),
+                              WORKLOAD, cal, fabric)
+        checks.append(Check(row, node.gpus_per_node, found, note, measured_step_s(row), floor_ms,
+                            found.time_s / row.time_to_train_s - 1))
     return checks
 
 
+def check_results(results: ResultsFile, floor_ms: float) -> list[Check]:
+    """Every row with the same floor: the smallest of each system as calibration, the others predicted."""
+    return [check for rows in systems(results) for check in check_system(rows, results.hardware[rows[0].hardware],
+                                                                          floor_ms)]
+
+
+def within(checks: list[Check], tolerance: float = TOLERANCE) -> tuple[int, int]:
+    """(rows within ``tolerance``, rows) over the counted rows (:attr:`Check.counted`)."""
+    counted = [check for check in checks if check.counted]
+    return sum(abs(check.error) <= tolerance for check in counted if check.error is not None), len(counted)
+
+
 def markdown_table(checks: list[Check], floor_free: list[Check] | None = None) -> str:
-    """The table of docs/PREDICTION.md: each row with its error and the terms that explain it."""
-    head = ("| round | system (submitter NVIDIA) | nodes x GPUs | global batch | published | predicted | error | "
+    """The table of docs/PREDICTION.md: each row with its error and the terms that explain it.
+
+    ``floor_free``: the same rows predicted with no floor, in the same order (a last column).
+    """
+    head = ("| round | system | nodes x GPUs | global batch | published | predicted | error | floor ms | "
             "epochs: RCP / run | step ms: model / run | no floor |")
-    lines = [head, "|" + " --- |" * 10]
-    free = {c.row["system"]: c for c in floor_free or []}
-    for check in checks:
+    lines = [head, "|" + " --- |" * 11]
+    free = floor_free or [None] * len(checks)
+    for check, other in zip(checks, free):
         row, found = check.row, check.prediction
-        gpus = row["nodes"] * (found.gpus // found.nodes if found else _gpus_per_node(row))
-        ident = f"{row['round']} | [{row['platform']}]({row['source']}) | {row['nodes']} x {gpus // row['nodes']} | "
-        ident += f"{row['global_batch']} | {row['time_to_train_s'] / 60:.2f} min"
+        name = f"[{row.platform or row.system}]({row.source})" if row.source else row.platform or row.system
+        ident = (f"{row.round} | {name} | {row.nodes} x {check.gpus_per_node} | {row.global_batch} | "
+                 f"{row.time_to_train_s / 60:.2f} min")
         if found is None:
-            lines.append(f"| {ident} | calibration | | {row['epochs']:.0f} (run) | {check.measured_step_s * 1000:.1f}"
-                         f" (run) | |")
+            lines.append(f"| {ident} | calibration | | {check.floor_ms:.1f} | {row.epochs:.0f} (run) | "
+                         f"{check.measured_step_s * 1000:.1f} (run) | |")
             continue
-        other = free.get(row["system"])
-        no_floor = f"{other.error:+.0%}" if other and other.error is not None else ""
-        lines.append(f"| {ident} | {found.time_s / 60:.2f} min | {check.error:+.0%} | {found.epochs:.1f} / "
-                     f"{row['epochs']:.0f} | {found.step_s * 1000:.1f} / {check.measured_step_s * 1000:.1f} | "
-                     f"{no_floor} |")
+        no_floor = f"{other.error:+.1%}" if other is not None and other.error is not None else ""
+        lines.append(f"| {ident} | {found.time_s / 60:.2f} min | {check.error:+.1%} | {check.floor_ms:.1f} | "
+                     f"{found.epochs:.1f} / {row.epochs:.0f} | {found.step_s * 1000:.1f} / "
+                     f"{check.measured_step_s * 1000:.1f} | {no_floor} |")
     return "\n".join(lines)
 
 
-def _gpus_per_node(row: dict[str, Any]) -> int:
-    hardware, _ = load_results()
-    return hardware[row["hardware"]]["gpus_per_node"]
+if __name__ == "__main__":  # python -m orchestrator.studies.predict_mlperf: podrun predict --validate, bundled rows
+    from orchestrator.studies.predict_validate import validate_report
 
-
-if __name__ == "__main__":  # python -m orchestrator.studies.predict_mlperf: the table of docs/PREDICTION.md
-    print(markdown_table(check_results(), check_results(floor_ms=0.0)))
+    print(validate_report(RESULTS_FILE))

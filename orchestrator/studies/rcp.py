@@ -10,7 +10,9 @@ lookups use the earliest set, and :func:`rcp_round` says so.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -40,6 +42,7 @@ def _rcp_root() -> Path:
         raise ConfigError("the predictor reads MLPerf's RCPs from mlperf-logging: pip install mlperf-logging") from None
 
 
+@lru_cache(maxsize=8)  # the files of an installed package do not change while podrun runs
 def rcp_rounds(benchmark: str = "resnet") -> list[str]:
     """Training rounds whose RCPs for ``benchmark`` are installed, oldest first (``["1.0.0", ...]``)."""
     found = [path.parent.name.removeprefix("training_")
@@ -51,13 +54,16 @@ def rcp_round(requested: str | None, benchmark: str = "resnet") -> tuple[str, st
     """The round to read for ``requested`` (None: the newest), and a note when it is not that round.
 
     Raises:
-        ConfigError: no RCPs for ``benchmark`` are installed.
+        ConfigError: no RCPs for ``benchmark`` are installed, or ``requested`` is not a round.
     """
     rounds = rcp_rounds(benchmark)
     if not rounds:
         raise ConfigError(f"mlperf-logging ships no RCPs for {benchmark!r}")
     if requested is None:
         return rounds[-1], ""
+    if not re.fullmatch(r"\d+(\.\d+){0,2}", requested):
+        raise ConfigError(f"MLPerf round {requested!r}: give one like 3.1 or 3.1.0")
+    requested = ".".join((requested.split(".") + ["0", "0"])[:3])  # 3.1 is 3.1.0
     if requested in rounds:
         return requested, ""
     earlier = [r for r in rounds if _round_key(r) <= _round_key(requested)]
@@ -66,6 +72,7 @@ def rcp_round(requested: str | None, benchmark: str = "resnet") -> tuple[str, st
     return rounds[0], f"round {requested} predates RCPs (they start at {rounds[0]}): used {rounds[0]}"
 
 
+@lru_cache(maxsize=64)
 def convergence_points(round_: str, benchmark: str = "resnet") -> list[ConvergencePoint]:
     """Each reference batch size of a round with the mean of its per-seed epochs to converge, by batch.
 
