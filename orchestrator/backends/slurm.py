@@ -26,33 +26,23 @@ from orchestrator.backends.tunnel import Tunnel, open_tunnel
 from orchestrator.errors import BackendError, ConfigError
 from orchestrator.spec.job_env import env_key, expected_comment, shell_word, submission_environment
 from orchestrator.spec.jobspec import PLAN_FILE, LaunchPlan, dump_plan
-from orchestrator.spec.jobstore import (
-    CANCELLED,
-    FAILED,
-    PENDING,
-    PREEMPTED,
-    RUNNING,
-    SUCCEEDED,
-    UNKNOWN,
-    JobRecord,
-    is_terminal,
-)
+from orchestrator.spec.jobstore import PENDING, RUNNING, UNKNOWN, JobRecord, is_terminal
 from orchestrator.spec.paths import checkout_root, run_dir, template_dir
 from orchestrator.spec.profiles import LoginConfig
+from orchestrator.spec.slurm_status import SLURM_STATES as SLURM_STATES  # Slurm's job states to podrun's
+from orchestrator.spec.slurm_status import (
+    SlurmOutputError,
+    ask_version,
+    parse_sacct_jobs,
+    parse_scontrol_jobs,
+    parse_squeue_jobs,
+    summarize,
+)
+from orchestrator.spec.slurm_status import parse_sbatch_id as parse_sbatch_id
+from orchestrator.spec.slurm_status import parse_scontrol as parse_scontrol
+from orchestrator.spec.slurm_status import slurm_time as slurm_time
 
 VERSION = "0.1.0"
-
-# Slurm job states to podrun's, in one table.
-SLURM_STATES = {
-    "PENDING": PENDING, "CONFIGURING": PENDING, "REQUEUED": PENDING, "REQUEUE_HOLD": PENDING,
-    "REQUEUE_FED": PENDING, "RESV_DEL_HOLD": PENDING, "SUSPENDED": PENDING, "STOPPED": PENDING,
-    "RUNNING": RUNNING, "COMPLETING": RUNNING, "RESIZING": RUNNING, "SIGNALING": RUNNING, "STAGE_OUT": RUNNING,
-    "COMPLETED": SUCCEEDED,
-    "CANCELLED": CANCELLED,
-    "PREEMPTED": PREEMPTED,
-    "FAILED": FAILED, "TIMEOUT": FAILED, "NODE_FAIL": FAILED, "BOOT_FAIL": FAILED, "DEADLINE": FAILED,
-    "OUT_OF_MEMORY": FAILED, "SPECIAL_EXIT": FAILED, "REVOKED": FAILED,
-}
 
 
 # What squeue says when slurmctld is down or restarting (the job itself runs on).
@@ -152,39 +142,13 @@ def _workdir(plan: LaunchPlan) -> str:
     return plan.profile.slurm.workdir or str(run_dir())
 
 
-def parse_sbatch_id(stdout: str) -> str:
-    """The job id from ``sbatch --parsable`` (``1234`` or ``1234;cluster``)."""
-    first = stdout.strip().splitlines()[-1] if stdout.strip() else ""
-    job_id = first.split(";")[0]
-    if not job_id.isdigit():
-        raise BackendError(f"sbatch printed no job id: {stdout.strip()!r}")
-    return job_id
-
-
-def slurm_time(value: str | None) -> float | None:
-    """A Slurm timestamp (``2024-05-01T12:00:03``, local time) as epoch seconds; None for Unknown/None."""
-    try:
-        return time.mktime(time.strptime(value or "", "%Y-%m-%dT%H:%M:%S"))
-    except ValueError:
-        return None
-
-
-def parse_scontrol(text: str) -> dict[str, str]:
-    """``scontrol show job -o`` output as key=value pairs."""
-    fields = {}
-    for token in text.split():
-        key, sep, value = token.partition("=")
-        if sep:
-            fields[key] = value
-    return fields
-
-
 class SlurmBackend(Backend):
     name = "slurm"
 
     def __init__(self) -> None:
         self._tunnels: dict[str, Tunnel] = {}
         self._started: dict[str, float] = {}  # job id -> the first StartTime seen running
+        self._versions: dict[int, str] = {}  # tunnel -> its Slurm's version, asked once (for error messages)
 
     def tunnel(self, login: LoginConfig | None) -> Tunnel:
         """One tunnel (one SSH connection) per login host, reused within a command."""
@@ -217,7 +181,10 @@ class SlurmBackend(Backend):
             message = (result.stderr.strip() or result.stdout.strip()).splitlines()
             reason = message[-1] if message else f"exit {result.returncode}"
             raise BackendError(f"sbatch refused the job: {reason}")
-        record.native_id = parse_sbatch_id(result.stdout)
+        try:
+            record.native_id = parse_sbatch_id(result.stdout)
+        except SlurmOutputError as exc:
+            raise exc.on(self._version(tunnel)) from None
         record.state, record.detail = PENDING, "submitted"
         record.extra.update(cluster_job_dir=job.job_dir, array=bool(plan.profile.slurm.array))
         if login:
@@ -255,37 +222,46 @@ class SlurmBackend(Backend):
         return status_note(tunnel.read_text(str(folder / STATUS_FILE)))
 
     def _query(self, tunnel: Tunnel, job_id: str) -> tuple[str | None, str, int | None]:
-        """(state, detail, exit code); state None when slurmctld does not answer."""
+        """(state, detail, exit code); state None when slurmctld does not answer.
+
+        Raises:
+            SlurmOutputError: Slurm printed something podrun cannot read (the message names the release).
+        """
         queue = tunnel.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
         if queue.returncode == 127:
             raise BackendError("squeue not found: install the Slurm client, or use a profile with slurm.login")
         if queue.returncode != 0 and CONTROLLER_DOWN.search(queue.stderr):
             return None, queue.stderr.strip().splitlines()[-1][:200], None
-        lines = [line for line in queue.stdout.splitlines() if line.strip()]
+        try:
+            return self._read_status(tunnel, job_id, queue.stdout if queue.returncode == 0 else "")
+        except SlurmOutputError as exc:
+            raise exc.on(self._version(tunnel)) from None
+
+    def _read_status(self, tunnel: Tunnel, job_id: str, queued: str) -> tuple[str, str, int | None]:
+        in_queue = summarize(parse_squeue_jobs(queued))
         show = tunnel.run(["scontrol", "show", "job", "-o", job_id])
-        fields = parse_scontrol(show.stdout) if show.returncode == 0 else {}
-        if lines and not fields:
-            raw, _, reason = lines[0].partition("|")
-            return SLURM_STATES.get(raw, UNKNOWN), f"{raw} ({reason})" if reason and reason != "None" else raw, None
-        if fields:
-            raw = fields.get("JobState", "UNKNOWN")
-            exit_code = int(fields.get("ExitCode", "0:0").split(":")[0])
-            restarts = fields.get("Restarts", "0")
-            detail = f"{raw}, restarts {restarts}, nodes {fields.get('NodeList', '?')}"
-            started = slurm_time(fields.get("StartTime"))
-            if SLURM_STATES.get(raw) not in (PENDING, UNKNOWN) and started and restarts == "0":
-                self._started.setdefault(job_id, started)
-            return SLURM_STATES.get(raw, UNKNOWN), detail, exit_code if SLURM_STATES.get(raw) != RUNNING else None
+        shown = summarize(parse_scontrol_jobs(show.stdout)) if show.returncode == 0 else None
+        if in_queue and not shown:
+            return in_queue.state, in_queue.describe(), None
+        if shown:
+            if shown.state != PENDING and shown.start_time and shown.restarts == 0:
+                self._started.setdefault(job_id, shown.start_time)
+            detail = f"{shown.describe()}, restarts {shown.restarts}, nodes {shown.nodes or '?'}"
+            return shown.state, detail, shown.exit_code if shown.state != RUNNING else None
         return self._query_sacct(tunnel, job_id)
 
     def _query_sacct(self, tunnel: Tunnel, job_id: str) -> tuple[str, str, int | None]:
         acct = tunnel.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode"])
-        line = acct.stdout.strip().splitlines()[-1] if acct.returncode == 0 and acct.stdout.strip() else ""
-        if not line:
+        found = summarize(parse_sacct_jobs(acct.stdout)) if acct.returncode == 0 else None
+        if not found:
             return UNKNOWN, "not in squeue or scontrol, and sacct has no record (accounting off?)", None
-        raw, _, code = line.partition("|")
-        raw = raw.split()[0]
-        return SLURM_STATES.get(raw, UNKNOWN), raw, int(code.split(":")[0] or 0)
+        return found.state, found.describe(), found.exit_code
+
+    def _version(self, tunnel: Tunnel) -> str:
+        """The cluster's Slurm version (``scontrol --version``), asked once per login host."""
+        if id(tunnel) not in self._versions:
+            self._versions[id(tunnel)] = ask_version(tunnel.run)
+        return self._versions[id(tunnel)]
 
     # ------------------------------------------------------------------ logs and cancel
 

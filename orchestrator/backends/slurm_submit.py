@@ -15,6 +15,7 @@ import time
 from orchestrator.backends.ssh_retry import ConnectionLost
 from orchestrator.backends.tunnel import CommandResult, Tunnel
 from orchestrator.errors import BackendError
+from orchestrator.spec.slurm_status import SlurmOutputError, ask_version, parse_submissions
 
 ATTEMPTS = 4
 SETTLE_S = 2.0  # an sbatch cut off mid-request has had its answer from slurmctld by then
@@ -53,9 +54,7 @@ def submit_once(tunnel: Tunnel, argv: list[str], job_name: str, job_id: str,
 def find_submission(tunnel: Tunnel, job_name: str, job_id: str) -> str | None:
     """The Slurm job id of the submission of ``job_id``, if Slurm has one (in any state)."""
     result = tunnel.run(["squeue", "-h", "--states=all", f"--name={job_name}", "-o", "%A|%k"])
-    mark = submission_mark(job_id)
-    for line in result.stdout.splitlines():
-        slurm_id, _, comment = line.strip().partition("|")
-        if comment == mark and slurm_id.isdigit():
-            return slurm_id
-    return None
+    try:
+        return parse_submissions(result.stdout).get(submission_mark(job_id))
+    except SlurmOutputError as exc:  # never guess: a wrong "not found" would queue the job twice
+        raise exc.on(ask_version(tunnel.run)) from None

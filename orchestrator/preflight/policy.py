@@ -16,12 +16,14 @@ The Slurm side of the decision runs in the allocation: :mod:`orchestrator.prefli
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from jobs.preflight.record import format_excluded
 from jobs.preflight.result import read_json, write_json
+from orchestrator.spec import slurm_status
 
 STATUS_FILE = "status.txt"
 # sinfo %T states a job can be scheduled on (a trailing * means "not responding").
@@ -34,13 +36,19 @@ def usable(state: str) -> bool:
 
 
 def parse_sinfo_nodes(text: str) -> dict[str, str]:
-    """``sinfo -h -N -o '%N %T'`` as {node: state} (a node in several partitions appears once)."""
-    found = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2:
-            found.setdefault(parts[0], parts[1].lower())
-    return found
+    """``sinfo -h -N -o '%N %T'`` as {node: state} (a node in several partitions appears once).
+
+    Raises:
+        SlurmOutputError: a line no Slurm release prints (the message names this one's version).
+    """
+    try:
+        return slurm_status.parse_sinfo_nodes(text)
+    except slurm_status.SlurmOutputError as exc:  # runs inside the job: this host's Slurm is the job's
+        raise exc.on(slurm_status.ask_version(_run)) from None
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
 
 
 @dataclass
