@@ -30,6 +30,14 @@ from tests.conftest import REPO
 NOBODY = 65534
 
 
+@pytest.fixture(autouse=True)
+def usual_umask():
+    """Files and folders made here are the user's and writable by nobody else, whatever umask CI has."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
 class Payload:
     """Pickles as a call of ``call[0](*call[1])``: what a planted checkpoint would run when unpickled."""
 
