@@ -27,7 +27,7 @@ MOVED = {
     "jobs.system_metrics": "jobs.tracking.system_metrics",
     "orchestrator.preflight_gate": "orchestrator.preflight.slurm_gate",
     "orchestrator.ray_job": "orchestrator.backends.ray_job",
-    "orchestrator.predict_mlperf": "orchestrator.studies.predict_mlperf",
+    "orchestrator.predict_mlperf": "orchestrator.studies.predict_validate",
 }
 
 

@@ -29,7 +29,7 @@ import pytest
 from orchestrator.spec.jobstore import SUCCEEDED
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "cluster.yaml", "jobs", "orchestrator",
+SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "cluster.yaml", "jobs", "orchestrator",
            "recipes", "slurm"]
 # What nvcr.io/nvidia/pytorch:25.01-py3 ships (NVIDIA's release notes and records of the image).
 NGC_TORCH = "2.6.0a0+ecf3bae40a.nv25.01"

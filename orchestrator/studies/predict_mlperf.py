@@ -210,9 +210,3 @@ def markdown_table(checks: list[Check], floor_free: list[Check] | None = None) -
                      f"{found.epochs:.1f} / {row.epochs:.0f} | {found.step_s * 1000:.1f} / "
                      f"{check.measured_step_s * 1000:.1f} | {no_floor} |")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m orchestrator.studies.predict_mlperf: podrun predict --validate, bundled rows
-    from orchestrator.studies.predict_validate import validate_report
-
-    print(validate_report(RESULTS_FILE))

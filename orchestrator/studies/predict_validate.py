@@ -121,3 +121,7 @@ def _shown(path: Path) -> str:
         return str(Path(path).resolve().relative_to(RESULTS_FILE.parents[2]))
     except ValueError:
         return str(path)
+
+
+if __name__ == "__main__":  # python -m orchestrator.studies.predict_validate: podrun predict --validate, bundled rows
+    print(validate_report(RESULTS_FILE))
