@@ -54,6 +54,7 @@ class Window:
 
     def __init__(self) -> None:
         self.start, self.items, self.micro_batches = time.time(), 0, 0
+        self.compute_s = 0.0  # this rank's compute in the window, read at its end (PhaseClock.window_compute_s)
 
     def add(self, items: int) -> None:
         self.items += items
@@ -148,7 +149,7 @@ class Trainer:
         self.warmup_steps = warmup if warmup is not None else int(job.derived.warmup_epochs * updates_per_epoch)
         self.lr = job.derived.lr
         self.state = LoopState()
-        self.phases = PhaseClock()  # where the wall time goes (jobs/rank/phases.py)
+        self.phases = PhaseClock(device)  # where the wall time goes (jobs/rank/phases.py)
         self.resumed_from = self._maybe_resume(resume_from)
         if self.hvd is not None:  # every rank starts from rank 0's state
             self.hvd.broadcast_parameters(self.module.state_dict(), root_rank=0)
@@ -305,13 +306,14 @@ class Trainer:
         for index, batch in enumerate(self.phases.waiting(self.train_loader.epoch(epoch, skip=skip)), start=skip):
             self.watchdog.progress(epoch * self.steps_per_epoch + index)
             boundary = (index + 1) % update_freq == 0 or index + 1 == self.steps_per_epoch
-            loss, items = self._micro_step(batch, boundary, update_freq)
+            with self.phases.compute:
+                loss, items = self._micro_step(batch, boundary, update_freq)
             window.add(items)
             self.state.step_in_epoch = index + 1
             if not boundary:
                 continue  # a stop or a checkpoint only happens between optimizer steps
             if self.state.global_step % self.recipe.train.log_every == 0 or index + 1 == self.steps_per_epoch:
-                self._report(epoch, index + 1, float(loss), window)  # float(): the only sync, on logging steps
+                self._report(epoch, index + 1, loss, window)
                 window = Window()
             if self.vote.after_step(self.state.global_step, self.stop.requested):
                 self._on_stop()
@@ -340,8 +342,10 @@ class Trainer:
             self.state.global_step += 1
         return loss.detach(), items
 
-    def _report(self, epoch: int, step: int, loss: float, window: Window) -> None:
+    def _report(self, epoch: int, step: int, loss_tensor: torch.Tensor, window: Window) -> None:
         """Progress line and metrics; a collective (every rank calls it at the same step)."""
+        loss = float(loss_tensor)  # the only sync, on logging steps
+        window.compute_s = self.phases.window_compute_s()  # after that sync: a GPU's events have completed
         items, = all_reduce_sum([float(window.items)], self.device)
         self.state.items += int(items)
         elapsed = max(time.time() - window.start, 1e-9)

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import PodrunError
-from orchestrator.studies.plots import PHASE_ORDER, line_chart, stacked_phases
+from orchestrator.studies.plots import line_chart, stacked_phases
 from orchestrator.studies.predict import run_figures
 from orchestrator.studies.predict_model import Fabric, Workload, calibrate, predict_scale
+from orchestrator.studies.run_phases import RUN_PHASES
 
 COLUMNS = ("scale", "GPUs", "global batch", "LR", "throughput", "efficiency", "epochs", "measured", "predicted")
 
@@ -107,7 +108,7 @@ def scale_rows(client: Any, parent: Any) -> tuple[list[ScaleRow], str]:
             throughput=statistics.median(m.value for m in history),
             epochs=metrics.get("epochs_run") if metrics.get("reached_target") == 1.0 else None,
             measured_s=metrics.get("time_to_train_s"), run=run,
-            phases={name: metrics[f"phase_{name}_s"] for name in PHASE_ORDER if f"phase_{name}_s" in metrics}))
+            phases={name: metrics[f"phase_{name}_s"] for name in RUN_PHASES if f"phase_{name}_s" in metrics}))
     if not rows:
         raise PodrunError(f"run {parent.info.run_id} has no scale runs with throughput yet (is it a sweep's parent?)")
     rows.sort(key=lambda row: (row.world, row.nodes))
@@ -144,11 +145,11 @@ def _cells(row: ScaleRow, unit: str) -> list[str]:
     return [row.label, str(row.world), str(row.global_batch), f"{row.lr:g}", f"{row.throughput:,.0f} {unit}/s",
             f"{row.efficiency:.0%}", "-" if row.epochs is None else f"{row.epochs:g}", seconds(row.measured_s),
             seconds(row.predicted_s)] + [f"{row.phases[name]:.1f}" if name in row.phases else "-"
-                                         for name in PHASE_ORDER]
+                                         for name in RUN_PHASES]
 
 
 def render_text(report: Report) -> str:
-    head = [*COLUMNS, *PHASE_ORDER]
+    head = [*COLUMNS, *RUN_PHASES]
     table = [head] + [_cells(row, report.unit) for row in report.rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(head))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in table]
@@ -158,7 +159,7 @@ def render_text(report: Report) -> str:
 
 def render_html(report: Report, images: dict[str, Path]) -> str:
     """The page: title, table and the plots as inline PNGs (no external file)."""
-    head = "".join(f"<th>{html.escape(name)}</th>" for name in (*COLUMNS, *(f"{p} (s)" for p in PHASE_ORDER)))
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in (*COLUMNS, *(f"{p} (s)" for p in RUN_PHASES)))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in _cells(row, report.unit)) + "</tr>"
                    for row in report.rows)
     figures = "".join(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'

@@ -1,7 +1,8 @@
 """The whole run's phases, as the launcher sees them: from submission to the job's end.
 
-The ranks count start-up, data wait, compute, eval, checkpoints and time lost to
-preemptions (:mod:`jobs.rank.phases`) and leave the totals in ``run.json``. Only the launcher
+The ranks measure start-up, data wait, compute, eval, checkpoints and time lost to
+preemptions, each with its own clock, and count what none of those clocks measured as
+``other`` (:mod:`jobs.rank.phases`); they leave the totals in ``run.json``. Only the launcher
 knows when the job was submitted, when the scheduler started it and when it saw the job
 end, so once a job has ended it adds:
 
@@ -13,9 +14,12 @@ end, so once a job has ended it adds:
 * ``shutdown``: the ranks' end to the moment the launcher saw the job end (MLflow drain,
   process exit, the scheduler's epilogue, the launcher's poll).
 
-They add up to ``wall_time_s`` (submission to the end, requeues included), up to clock
-rounding; :func:`phase_breakdown` computes them, :func:`record_phases` logs them to the
-run as ``phase_<name>_s`` metrics plus a stacked-bar PNG, and prints one short table.
+On CPU they add up to ``wall_time_s`` (submission to the end, requeues included), up to
+clock rounding, since the ranks' ``other`` is what their clocks left over: the test of the
+figures is how small ``other`` stays, and the table prints it beside the rest. On GPUs they
+add up to the wall time plus the device compute that overlapped a host phase.
+:func:`phase_breakdown` computes them, :func:`record_phases` logs them to the run as
+``phase_<name>_s`` metrics plus a stacked-bar PNG, and prints one short table.
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ from typing import Any
 from jobs.contract.checkpoint_index import read_run_info
 from jobs.rank.phases import phase_metrics
 from orchestrator.spec.jobstore import JobRecord, find_record
-from orchestrator.studies.plots import PHASE_ORDER, stacked_phases
+from orchestrator.studies.plots import stacked_phases
+
+# The order the table and the sweep report list the phases in: ``other`` (what no rank clock
+# measured) comes after the measured rank phases. The stacked bars follow plots.PHASE_ORDER.
+RUN_PHASES = ("queued", "preflight", "startup", "data_wait", "compute", "eval", "checkpoint", "other", "lost",
+              "shutdown")
 
 
 @dataclass
@@ -41,7 +50,7 @@ class Breakdown:
 
     @property
     def total_s(self) -> float:
-        return sum(self.phases.get(name, 0.0) for name in PHASE_ORDER)
+        return sum(self.phases.get(name, 0.0) for name in RUN_PHASES)
 
 
 def first_record(record: JobRecord, info: dict[str, Any]) -> JobRecord:
@@ -73,9 +82,10 @@ def phase_breakdown(record: JobRecord, info: dict[str, Any], preflight_s: float 
     if preflight_s:
         phases["preflight"] = preflight_s
         phases["startup"] = max(phases["startup"] - preflight_s, 0.0)
-    phases |= {name: float(ranks.get(name, 0.0)) for name in ("data_wait", "compute", "eval", "checkpoint", "lost")}
+    from_ranks = ("data_wait", "compute", "eval", "checkpoint", "other", "lost")
+    phases |= {name: float(ranks.get(name, 0.0)) for name in from_ranks}
     phases["shutdown"] = max(ended - info["phases_at"], 0.0)
-    return Breakdown(phases={name: phases[name] for name in PHASE_ORDER if name in phases},
+    return Breakdown(phases={name: phases[name] for name in RUN_PHASES if name in phases},
                      wall_s=ended - submitted)
 
 
