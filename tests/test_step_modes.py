@@ -254,3 +254,49 @@ def test_a_stop_lands_within_one_vote_on_cpu_and_two_on_gpus(deferred, lands_at)
     assert stopped[0] == lands_at
     # Between epochs a settle first reads the vote still in flight (step 12's, on a GPU), then votes at once.
     assert vote.settle(False) == deferred
+
+
+@pytest.mark.slow
+def test_one_rank_takes_the_votes_collective_path_when_a_test_asks(one_rank, monkeypatch):
+    """``ONE_RANK_COLLECTIVES``: a one-rank gloo group runs a real all-reduce per vote, and the stop lands."""
+    from jobs.data.images import SyntheticLoader
+    from jobs.rank import dist
+
+    monkeypatch.setattr(dist, "ONE_RANK_COLLECTIVES", True)
+    signal_at(monkeypatch, SyntheticLoader, epoch=0, step=2)  # before step 3
+    before = dist.COLLECTIVES["all_reduce"]
+    job = tiny_job("train.stop_check_every=1")
+    assert run(job, monkeypatch) == exit_codes.PREEMPTED
+    assert final(job)["progress"]["global_step"] == 3  # read at once on CPU
+    assert dist.COLLECTIVES["all_reduce"] - before == 3  # a vote after each step, no progress line yet
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="not run: no GPU")
+@pytest.mark.parametrize("precision", ["fp32", "amp-bf16"])  # amp-fp16's loss scaler syncs by design
+def test_a_log_window_with_a_vote_every_step_never_syncs_the_gpu(one_rank, monkeypatch, precision):
+    """Between two log boundaries nothing may synchronize: CUDA raises on any sync (sync debug mode).
+
+    The vote takes NCCL's path in a one-rank group (NCCL will not put two ranks on one GPU).
+    """
+    from jobs.rank import dist
+    from jobs.train import Trainer
+
+    monkeypatch.setattr(dist, "ONE_RANK_COLLECTIVES", True)
+    reports, original = [], Trainer._report
+
+    def report(self, *args):
+        torch.cuda.set_sync_debug_mode(0)  # a log boundary reads the loss: the one sync allowed
+        original(self, *args)
+        reports.append(self.state.global_step)
+        if len(reports) == 1:
+            torch.cuda.set_sync_debug_mode("error")  # until the next boundary
+
+    monkeypatch.setattr(Trainer, "_report", report)
+    job = tiny_job(f"train.precision={precision}", "train.stop_check_every=1", "train.log_every=3",
+                   "train.epochs=1").model_copy(update={"device": "cuda"})
+    try:
+        code = run(job, monkeypatch)  # under "error": votes 3, 4, 5 (4 and 5 read the one before), steps 4 to 6
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert code == exit_codes.NOT_REACHED and reports == [3, 6]

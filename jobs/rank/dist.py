@@ -27,7 +27,11 @@ from jobs.contract.placement import RankInfo, free_port, slurm_rendezvous
 
 DEFAULT_TIMEOUT_S = 600
 _horovod = None  # the horovod.torch module once comm: horovod is initialised
-COLLECTIVES: Counter[str] = Counter()  # calls of this module's collectives with more than one rank, by name
+COLLECTIVES: Counter[str] = Counter()  # calls of this module's collectives that reach a group (see below), by name
+# Test-only: sums (the stop vote, the progress counts) take the collective path with one rank
+# too, in a one-rank group. NCCL will not put two ranks on one GPU, so this is how a test on
+# one GPU runs the vote's device path (tests/test_step_modes.py).
+ONE_RANK_COLLECTIVES = False
 
 
 def init_distributed(info: RankInfo, device: torch.device, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
@@ -97,6 +101,11 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def sums_need_a_collective(world_size: int) -> bool:
+    """Whether a sum over ``world_size`` ranks goes through a collective (see :data:`ONE_RANK_COLLECTIVES`)."""
+    return world_size > 1 or ONE_RANK_COLLECTIVES
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few numbers over all ranks (a host sync on a GPU: call it where the loop logs)."""
     return start_all_reduce_sum(values, device).result()
@@ -128,17 +137,31 @@ class PendingSum:
 def start_all_reduce_sum(values: list[float], device: torch.device) -> PendingSum:
     """Start summing a few numbers over all ranks; read the sum later with ``.result()``.
 
-    Under torch.distributed the sum is computed on ``device`` (NCCL needs a GPU tensor) and
-    read without draining the GPU's queue; Horovod sums a host tensor, off the GPU.
+    Under torch.distributed the sum is computed on ``device`` (NCCL needs a GPU tensor): the
+    numbers go there from pinned host memory without the host waiting, and come back the same
+    way (:class:`PendingSum`), so nothing drains the GPU's queue. Horovod sums a host tensor,
+    off the GPU.
     """
-    if _world_size() == 1:
+    if not sums_need_a_collective(_world_size()):
         return PendingSum(torch.tensor(values, dtype=torch.float64))
     COLLECTIVES["all_reduce"] += 1
     if _horovod is not None:
         return PendingSum(_horovod.allreduce(torch.tensor(values, dtype=torch.float64), op=_horovod.Sum))
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    tensor = device_values(values, device)
     dist.all_reduce(tensor)
     return PendingSum(tensor)
+
+
+def device_values(values: list[float], device: torch.device) -> torch.Tensor:
+    """``values`` as a float64 tensor on ``device``.
+
+    On a GPU a new device buffer is filled from pinned memory with ``non_blocking=True``:
+    ``torch.tensor(values, device=cuda)`` would copy from pageable memory and synchronize the
+    stream. The caching host allocator keeps the pinned block until the copy has run.
+    """
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=torch.float64)
+    return torch.tensor(values, dtype=torch.float64, pin_memory=True).to(device, non_blocking=True)
 
 
 def all_gather_object(obj: object) -> list:

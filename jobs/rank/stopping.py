@@ -7,10 +7,13 @@ to one small all-reduce, and all of them read the same sum at the same step.
 
 * On CPU (gloo) a vote is read when it is taken: a stop lands at most ``every`` steps after
   the signal.
-* On a GPU (NCCL) a vote is read at the next vote, from pinned host memory behind a CUDA
-  event that has long passed, so the host never waits for the device and keeps queuing
-  work: a stop lands at most ``2 * every`` steps after the signal.
-* With one rank the flag is read directly after every step (no collective).
+* On a GPU (NCCL) a vote goes to the device from pinned host memory (``non_blocking``, no
+  stream sync) and is read at the next vote, from pinned host memory behind a CUDA event
+  that has long passed, so the host never waits for the device's queue and keeps queuing
+  work: a stop lands at most ``2 * every`` steps after the signal. A test runs a log window
+  with a vote every step under ``torch.cuda.set_sync_debug_mode("error")`` (marked ``gpu``).
+* With one rank the flag is read directly after every step (no collective), unless a test
+  sets :data:`jobs.rank.dist.ONE_RANK_COLLECTIVES` (a one-rank group takes the real path).
 * Between epochs (after evaluation and checkpoints, where the loop waits anyway)
   :meth:`StopVote.settle` takes a vote that is read at once.
 
@@ -27,7 +30,7 @@ from typing import Any
 
 import torch
 
-from jobs.rank.dist import PendingSum, start_all_reduce_sum
+from jobs.rank.dist import PendingSum, start_all_reduce_sum, sums_need_a_collective
 
 
 class StopFlag:
@@ -53,12 +56,13 @@ class StopVote:
 
     def __init__(self, every: int, device: torch.device, world_size: int) -> None:
         self.every, self.device, self.world_size = every, device, world_size
+        self.collective = sums_need_a_collective(world_size)  # with one rank, no vote: the flag is the answer
         self.deferred = device.type == "cuda"  # read a GPU vote one vote later
         self._pending: PendingSum | None = None
 
     def after_step(self, step: int, requested: bool) -> bool:
         """True on every rank at the same ``step`` (global optimizer step) once a rank requested a stop."""
-        if self.world_size == 1:
+        if not self.collective:
             return requested
         if step % self.every:
             return False
@@ -69,7 +73,7 @@ class StopVote:
 
     def settle(self, requested: bool) -> bool:
         """A vote read at once (the vote in flight first): for the loop's natural sync points."""
-        if self.world_size == 1:
+        if not self.collective:
             return requested
         if self._read_pending():
             return True
