@@ -66,16 +66,20 @@ def _run_rank(job: ResolvedJob, hooks: Any, resume_from: Path | None, tracker: A
     import torch.distributed as dist
 
     from jobs.rank.dist import barrier, init_distributed, init_horovod
+    from jobs.rank.phases import process_start_time
+    from jobs.rank.rendezvous import step_file
     from jobs.rank.watchdog import process_group_timeout_s
     from jobs.train import Trainer
 
     horovod = job.comm == "horovod"
     info = init_horovod(horovod_settings(job)) if horovod else detect_rank_env()
-    print(f"[rank {info.rank}/{info.world_size}] pid {os.getpid()} on {socket.gethostname()}", flush=True)
+    print(f"[rank {info.rank}/{info.world_size}] pid {os.getpid()} on {socket.gethostname()} "
+          f"(process started {process_start_time():.3f})", flush=True)
     device = rank_device(job, info)
     owns_group = not horovod and not dist.is_initialized()
     if not horovod:
-        init_distributed(info, device, timeout_s=process_group_timeout_s(job.watchdog_timeout_s))
+        init_distributed(info, device, timeout_s=process_group_timeout_s(job.watchdog_timeout_s),
+                         rendezvous_file=step_file(Path(job.job_dir), dict(os.environ)))
     try:
         trainer = Trainer(job, info, device, hooks=hooks, resume_from=resume_from,
                           tracker=tracker if info.is_main else None)

@@ -17,6 +17,7 @@ returns the job's own exit code.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -188,10 +189,31 @@ def cmd_render(args: argparse.Namespace) -> int:
     from orchestrator.spec.paths import annotate
 
     plan = _resolve(args)
-    print(annotate(get_backend(scheduler(plan, args.on)).render(plan), plan.sources), end="")
+    backend = scheduler(plan, args.on)
+    print(annotate(get_backend(backend).render(plan), plan.sources), end="")
     if expected_message(plan):  # secrets and ${VAR} are read when the script runs
         print(f"podrun: {expected_message(plan)}", file=sys.stderr)
+    if backend == "slurm":
+        _prepare_log_folder(plan)
     return 0
+
+
+def _prepare_log_folder(plan) -> None:
+    """Slurm opens ``#SBATCH --output`` before the script runs, so its folder must exist at ``sbatch``.
+
+    On this machine's file system podrun makes it (readable by its owner only); for a cluster
+    reached over SSH it says what to run there.
+    """
+    from jobs.contract.private_files import private_dir
+
+    logs = Path(plan.job.job_dir) / "logs"
+    if plan.profile.slurm.login is not None:
+        print(f"podrun: on the cluster, before sbatch: mkdir -p -m 700 {shlex.quote(str(logs))}", file=sys.stderr)
+        return
+    try:
+        private_dir(logs)
+    except OSError as exc:
+        print(f"podrun: could not create {logs} ({exc.strerror}); create it before sbatch", file=sys.stderr)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@
 # Debian 12 machine too. Usage: scripts/install-test-deps.sh
 set -euo pipefail
 
-PACKAGES=(slurmctld slurmd slurm-client munge openssh-server)
+PACKAGES=(slurmctld slurmd slurm-client munge openssh-server iproute2 util-linux)  # ip, tc, nsenter, unshare: the test hosts
 # Headless Chromium for the HTML report test (Playwright drives it; it never downloads a browser).
 LEAN_PACKAGES=(chromium)
 

@@ -23,7 +23,7 @@ from orchestrator.cli import main
 from orchestrator.spec.jobstore import list_records
 from tests.faults import SETTINGS, assert_same_result, kill, podrun
 from tests.fixtures.slurm import SlurmCluster, find_program
-from tests.fixtures.sshd import SshServer, running_sshd, wait_for_banner
+from tests.fixtures.sshd import SshServer, running_sshd
 from tests.test_slurm_backend import make_profile
 from tests.waiting import wait_for_text, wait_state, wait_until
 
@@ -43,8 +43,8 @@ def slurm_log(record) -> Path:
 class QuickRequeueCluster(SlurmCluster):
     """A Slurm cluster whose requeued jobs start again after 20 s (the shared one: 30 s).
 
-    Its job ids start at 10000: ranks take MASTER_PORT from the job id, and the suite's
-    shared cluster, on the same host under xdist, counts its own ids from 1.
+    Its hosts are its own (tag ``f``: another bridge and subnet than the shared cluster's),
+    and its job ids start at 10000, so its jobs are told apart from the shared cluster's.
     """
 
     cred_expire_s = 20
@@ -54,7 +54,7 @@ class QuickRequeueCluster(SlurmCluster):
 @pytest.fixture
 def own_slurm(monkeypatch) -> SlurmCluster:
     """A two-node Slurm cluster for this test alone: it will lose its controller."""
-    cluster = QuickRequeueCluster()
+    cluster = QuickRequeueCluster("f")
     cluster.start()
     monkeypatch.setenv("SLURM_CONF", str(cluster.conf_path))
     try:
@@ -123,16 +123,14 @@ def restart_sshd(server: SshServer, down_s: float) -> None:
     server.proc.kill()
     server.proc.wait()
     time.sleep(down_s)
-    with open(server.log_path, "ab") as log:
-        server.proc = subprocess.Popen([find_program("sshd") or "/usr/sbin/sshd", "-f", str(server.config_path),
-                                        "-D", "-e"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_for_banner(server.port, 30, server.proc, server.log_path)
+    server.launch(30)
 
 
 @pytest.fixture
-def own_sshd():
-    """An sshd for this test alone: its connections will be cut."""
-    with running_sshd() as server:
+def own_sshd(slurm_cluster):
+    """An sshd for this test alone, on the shared cluster's login host: its connections will be cut."""
+    hosts = slurm_cluster.hosts
+    with running_sshd(hosts, hosts.named("login"), port=2222) as server:
         yield server
 
 
@@ -154,7 +152,7 @@ def test_ssh_drops_during_submit_and_log_following_lose_and_duplicate_nothing(
         podrun_home, slurm_cluster, own_sshd, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("SLURM_CONF", raising=False)  # only the login host knows the cluster
     wrapper = slow_sbatch(tmp_path / "bin")
-    login = {"host": "127.0.0.1", "port": own_sshd.port, "user": "root",
+    login = {"host": own_sshd.host, "port": own_sshd.port, "user": "root",
              "key_file": str(own_sshd.client_key_path), "known_hosts": str(own_sshd.known_hosts_path),
              "env": {"SLURM_CONF": str(slurm_cluster.conf_path), "PATH": f"{wrapper}:{os.environ['PATH']}"}}
     cluster_file = make_profile(tmp_path, tmp_path, login=login)  # synthetic data

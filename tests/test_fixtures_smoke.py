@@ -1,4 +1,5 @@
-"""The integration fixtures work: a real two-node Slurm cluster and a real sshd (see tests/fixtures/)."""
+"""The integration fixtures work: a real two-host Slurm cluster, each node a host with its own address and
+name, and a real sshd on a login host of its own (see tests/fixtures/)."""
 
 from __future__ import annotations
 
@@ -30,18 +31,21 @@ def ssh_run(client: paramiko.SSHClient, command: str) -> tuple[int, str]:
 
 
 def test_sinfo_shows_two_idle_nodes(slurm_cluster: SlurmCluster) -> None:
-    assert slurm_cluster.node_states() == {"node1": "idle", "node2": "idle"}
+    assert slurm_cluster.node_states() == dict.fromkeys(slurm_cluster.nodes, "idle")
 
 
-def test_two_node_job_runs_one_rank_per_node(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+def test_two_node_job_runs_one_rank_per_host_each_with_its_own_address(slurm_cluster: SlurmCluster,
+                                                                         tmp_path: Path) -> None:
     job_id = slurm_cluster.run(
         "sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", f"--chdir={tmp_path}",
-        f"--output={tmp_path}/%j.out", "--wrap", "srun bash -c 'echo $SLURMD_NODENAME $SLURM_PROCID $SLURM_NTASKS'",
+        f"--output={tmp_path}/%j.out", "--wrap",
+        "srun bash -c 'echo $SLURMD_NODENAME $(hostname) $(hostname -I) $SLURM_PROCID $SLURM_NTASKS'",
     ).stdout.strip()  # fmt: skip
 
     assert slurm_cluster.wait_job(job_id) == "COMPLETED"
-    lines = sorted((tmp_path / f"{job_id}.out").read_text().splitlines())
-    assert lines == ["node1 0 2", "node2 1 2"]
+    lines = sorted(" ".join(line.split()) for line in (tmp_path / f"{job_id}.out").read_text().splitlines())
+    hosts = slurm_cluster.hosts
+    assert lines == [f"{node} {node} {hosts.address(node)} {rank} 2" for rank, node in enumerate(slurm_cluster.nodes)]
 
 
 def test_ssh_runs_a_command_with_the_known_host_key(ssh_server: SshServer) -> None:
@@ -77,4 +81,13 @@ def test_sinfo_over_ssh(ssh_server: SshServer, slurm_cluster: SlurmCluster) -> N
     finally:
         client.close()
     assert status == 0
-    assert sorted(out.splitlines()) == ["node1 idle", "node2 idle"]
+    assert sorted(out.splitlines()) == [f"{node} idle" for node in slurm_cluster.nodes]
+
+
+def test_the_login_host_is_another_machine(ssh_server: SshServer, slurm_cluster: SlurmCluster) -> None:
+    client = ssh_client(ssh_server, ssh_server.known_hosts_path)
+    try:
+        status, out = ssh_run(client, "hostname; hostname -I")
+    finally:
+        client.close()
+    assert status == 0 and out.split() == [slurm_cluster.hosts.named("login"), ssh_server.host]

@@ -75,7 +75,7 @@ def test_tiny_preset_reaches_target_with_mlflow_and_mllog(tiny_ddp):
     assert passed, output
 
 
-PHASES = ("queued", "startup", "data_wait", "compute", "eval", "checkpoint", "lost", "shutdown")
+PHASES = ("queued", "startup", "data_wait", "compute", "eval", "checkpoint", "other", "lost", "shutdown")
 
 
 @pytest.mark.xdist_group("tiny-ddp")
@@ -90,10 +90,12 @@ def test_phases_add_up_to_the_wall_time_from_submission_to_the_end(tiny_ddp):
     assert metrics["phase_train_s"] == pytest.approx(metrics["phase_data_wait_s"] + metrics["phase_compute_s"],
                                                      abs=0.01)
     assert metrics["phase_compute_s"] > metrics["phase_eval_s"] > 0 and metrics["phase_startup_s"] > 0
-    ranks = sum(metrics[f"phase_{name}_s"] for name in ("data_wait", "compute", "eval", "checkpoint"))
+    ranks = sum(metrics[f"phase_{name}_s"] for name in ("data_wait", "compute", "eval", "checkpoint", "other"))
     assert ranks == pytest.approx(metrics["time_to_train_s"], rel=0.02)  # run_start to run_stop, timed apart
+    # measured, not derived: what no clock caught (logging, the stop vote, Python between steps) is small
+    assert -0.01 <= metrics["phase_other_s"] < 0.03 * metrics["time_to_train_s"], metrics["phase_other_s"]
     assert metrics["phase_lost_s"] == 0 and 0 <= metrics["phase_queued_s"] < 10
-    assert "phases (submission to end" in out and "  compute " in out
+    assert "phases (submission to end" in out and "  compute " in out and "  other " in out
     assert "phases/phases.png" in {a.path for a in client.list_artifacts(run.info.run_id, "phases")}
 
 

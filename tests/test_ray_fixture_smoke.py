@@ -29,10 +29,11 @@ def http_status(url: str, headers: dict[str, str]) -> int:
         return exc.code
 
 
-def test_two_nodes_are_alive(ray_cluster: RayCluster) -> None:
+def test_two_nodes_are_alive_each_on_a_host_of_its_own(ray_cluster: RayCluster) -> None:
     nodes = ray_cluster.alive_nodes()
     assert len(nodes) == 2
     assert sorted(node["resources_total"]["CPU"] for node in nodes) == [1.0, 2.0]
+    assert sorted(node["node_ip"] for node in nodes) == sorted(map(ray_cluster.hosts.address, ray_cluster.hosts.nodes))
     status = ray_cluster.ray("status", f"--address={ray_cluster.address}").stdout
     assert status.count(" node_") == 2, status
 

@@ -139,7 +139,8 @@ def test_ssh_passes_variables_in_the_channel_not_the_command_line(ssh_server, pl
     from orchestrator.backends.tunnel import SSHTunnel
     from orchestrator.spec.profiles import LoginConfig
 
-    login = LoginConfig(host="127.0.0.1", port=ssh_server.port, user="root", key_file=str(ssh_server.client_key_path),
+    login = LoginConfig(host=ssh_server.host, port=ssh_server.port, user="root",
+                        key_file=str(ssh_server.client_key_path),
                         known_hosts=str(ssh_server.known_hosts_path), env={"FROM_LOGIN": "${MY_SECRET_TOKEN}"})
     tunnel = SSHTunnel(login)
     try:

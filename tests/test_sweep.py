@@ -19,7 +19,7 @@ from tests.test_slurm_backend import make_profile
 from tests.waiting import wait_for_text, wait_until
 
 pytestmark = pytest.mark.slow
-PHASES = ("queued", "startup", "data_wait", "compute", "eval", "checkpoint", "lost", "shutdown")
+PHASES = ("queued", "startup", "data_wait", "compute", "eval", "checkpoint", "other", "lost", "shutdown")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -67,6 +67,8 @@ def test_sweep_over_one_and_two_nodes_reaches_the_target_and_reports_in_mlflow(
         wall = record.finished_at - record.submitted_at
         assert metrics["wall_time_s"] == pytest.approx(wall, abs=0.01) and "started_at" in record.extra
         assert abs(sum(metrics[f"phase_{name}_s"] for name in PHASES) - wall) <= 0.02 * wall
+        # measured: across hosts `other` also holds the stop votes over the network, still a small part
+        assert metrics["phase_other_s"] < 0.10 * metrics["time_to_train_s"], metrics["phase_other_s"]
         assert metrics["phase_queued_s"] >= 0 and metrics["phase_compute_s"] > 0
 
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}

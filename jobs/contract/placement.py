@@ -57,20 +57,6 @@ def expand_hostlist(text: str) -> list[str]:
         raise ValueError(f"bad hostlist {text!r}: {exc}") from None
 
 
-def slurm_rendezvous(env: dict[str, str]) -> dict[str, str]:
-    """MASTER_ADDR/MASTER_PORT for a Slurm job step, unless already set.
-
-    The address is the first host of ``SLURM_JOB_NODELIST``; the port is derived from the
-    job id, so every rank computes the same one.
-    """
-    found = {}
-    if "MASTER_ADDR" not in env and env.get("SLURM_JOB_NODELIST"):
-        found["MASTER_ADDR"] = expand_hostlist(env["SLURM_JOB_NODELIST"])[0]
-    if "MASTER_PORT" not in env and env.get("SLURM_JOB_ID", "").isdigit():
-        found["MASTER_PORT"] = str(20000 + int(env["SLURM_JOB_ID"]) % 20000)
-    return found
-
-
 def free_port() -> int:
     """A TCP port that is free on this host right now."""
     with socket.socket() as sock:

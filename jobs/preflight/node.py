@@ -17,7 +17,6 @@ step) makes the recorded duration include the step's start-up.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ from typing import Any
 from jobs.contract import exit_codes
 from jobs.contract.errors import PodrunError
 from jobs.contract.job import ResolvedJob, apply_array_task, apply_node_paths, load_resolved
-from jobs.contract.placement import RankInfo, detect_rank_env, expand_hostlist, free_port, node_name
+from jobs.contract.placement import RankInfo, detect_rank_env, expand_hostlist, node_name
 from jobs.contract.preflight_spec import CheckName, PreflightSpec
 from jobs.preflight.collectives import CollectivesOutcome, evaluate_collectives, run_collectives
 from jobs.preflight.gpu import NodeGpus, evaluate_gpus, read_nvml
@@ -46,7 +45,7 @@ from jobs.preflight.result import (
 from jobs.preflight.software import evaluate_software, software_versions
 from jobs.preflight.storage import evaluate_storage
 
-RENDEZVOUS_FILE = "rendezvous"
+RENDEZVOUS_FILE = "rendezvous.json"
 POLL_S = 0.2
 
 
@@ -115,24 +114,6 @@ def local_checks(job: ResolvedJob, spec: PreflightSpec, node: str) -> dict[str, 
     return results
 
 
-def rendezvous(folder: Path, info: RankInfo, timeout_s: float) -> None:
-    """Set MASTER_ADDR/MASTER_PORT: rank 0 publishes its address and a free port in ``folder``.
-
-    Raises:
-        TimeoutError: rank 0 published nothing within ``timeout_s``.
-    """
-    path = folder / RENDEZVOUS_FILE
-    if info.is_main:
-        address = os.environ.get("MASTER_ADDR") or socket.gethostname()
-        write_json(path, {"address": address, "port": free_port()})
-    deadline = time.monotonic() + timeout_s
-    while (found := read_json(path)) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"rank 0 published no rendezvous in {timeout_s:g} s")
-        time.sleep(POLL_S)
-    os.environ.update(MASTER_ADDR=str(found["address"]), MASTER_PORT=str(found["port"]))
-
-
 def collectives_phase(job: ResolvedJob, spec: PreflightSpec, info: RankInfo, node: str,
                       folder: Path) -> tuple[CollectivesOutcome, list[str]]:
     """Every rank: the process group, the all-reduce and clock tests. Returns the outcome and each rank's node."""
@@ -148,8 +129,8 @@ def collectives_phase(job: ResolvedJob, spec: PreflightSpec, info: RankInfo, nod
         torch.cuda.set_device(device)
     wait_s = spec.timeouts.collectives + spec.timeouts.gpu + spec.timeouts.storage + spec.timeouts.infiniband
     try:
-        rendezvous(folder, info, wait_s)
-        init_distributed(info, device, timeout_s=int(wait_s))
+        # rank 0 opens the store on a free port and publishes it in the attempt's folder
+        init_distributed(info, device, timeout_s=int(wait_s), rendezvous_file=folder / RENDEZVOUS_FILE)
         gathered: list[Any] = [None] * info.world_size
         dist.all_gather_object(gathered, node)
         if not spec.runs("collectives"):

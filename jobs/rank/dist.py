@@ -18,12 +18,15 @@ import datetime
 import os
 import socket
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from jobs.contract.errors import PodrunError
-from jobs.contract.placement import RankInfo, free_port, slurm_rendezvous
+from jobs.contract.placement import RankInfo, free_port
+from jobs.rank.rendezvous import interface_env, master_address, own_address, published_store
 
 DEFAULT_TIMEOUT_S = 600
 _horovod = None  # the horovod.torch module once comm: horovod is initialised
@@ -34,24 +37,32 @@ COLLECTIVES: Counter[str] = Counter()  # calls of this module's collectives that
 ONE_RANK_COLLECTIVES = False
 
 
-def init_distributed(info: RankInfo, device: torch.device, timeout_s: int = DEFAULT_TIMEOUT_S) -> str:
+def init_distributed(info: RankInfo, device: torch.device, timeout_s: int = DEFAULT_TIMEOUT_S,
+                     rendezvous_file: Path | None = None) -> str:
     """Initialise the process group: NCCL on GPUs, gloo on CPU. Returns the backend used.
 
-    A group that already exists (Ray Train sets one up) is kept.
+    A group that already exists (Ray Train sets one up) is kept. With ``rendezvous_file``
+    (a Slurm step, see :func:`jobs.rank.rendezvous.step_file`) and no ``MASTER_PORT``, rank 0
+    opens the store on a free port and publishes it there; otherwise ``MASTER_ADDR``/
+    ``MASTER_PORT`` are read from the environment. Each rank picks the network interface
+    toward the rendezvous address unless the profile names one.
     """
     if dist.is_initialized():
         return dist.get_backend()
     backend = "nccl" if device.type == "cuda" else "gloo"
-    os.environ.update(slurm_rendezvous(dict(os.environ)))
-    if info.world_size == 1 and "MASTER_ADDR" not in os.environ:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-    dist.init_process_group(
-        backend=backend,
-        rank=info.rank,
-        world_size=info.world_size,
-        timeout=datetime.timedelta(seconds=timeout_s),
-    )
+    env = dict(os.environ)
+    kwargs: dict[str, Any] = dict(backend=backend, rank=info.rank, world_size=info.world_size,
+                                  timeout=datetime.timedelta(seconds=timeout_s))
+    if info.world_size == 1 and "MASTER_ADDR" not in env:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        address = "127.0.0.1"
+    elif rendezvous_file is not None and "MASTER_PORT" not in env:
+        kwargs["store"], address = published_store(rendezvous_file, info, own_address(env), timeout_s)
+    else:
+        address = master_address(env) or "127.0.0.1"
+        os.environ.setdefault("MASTER_ADDR", address)
+    os.environ.update(interface_env(dict(os.environ), address))
+    dist.init_process_group(**kwargs)
     return backend
 
 
@@ -64,17 +75,18 @@ def horovod_env_from_slurm(env: dict[str, str]) -> dict[str, str]:
     """Horovod's gloo contract for a rank started by srun (the Slurm script runs the rendezvous)."""
     if "SLURM_PROCID" not in env or "HOROVOD_GLOO_RENDEZVOUS_PORT" not in env or "HOROVOD_RANK" in env:
         return {}
-    rendezvous = slurm_rendezvous(env)
-    return {
+    address = master_address(env) or "127.0.0.1"
+    found = {
         "HOROVOD_RANK": env["SLURM_PROCID"], "HOROVOD_SIZE": env["SLURM_NTASKS"],
         "HOROVOD_LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
         "HOROVOD_LOCAL_SIZE": env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
         "HOROVOD_CROSS_RANK": env.get("SLURM_NODEID", "0"), "HOROVOD_CROSS_SIZE": env.get("SLURM_NNODES", "1"),
         "HOROVOD_HOSTNAME": env.get("SLURMD_NODENAME", socket.gethostname()),
-        "HOROVOD_GLOO_RENDEZVOUS_ADDR": env.get("MASTER_ADDR") or rendezvous.get("MASTER_ADDR", "127.0.0.1"),
+        "HOROVOD_GLOO_RENDEZVOUS_ADDR": address,
         "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo",
-        "HOROVOD_GLOO_IFACE": env.get("HOROVOD_GLOO_IFACE") or env.get("NCCL_SOCKET_IFNAME", "lo").split(",")[0],
     }
+    # Horovod's gloo names one interface (HOROVOD_GLOO_IFACE); the one toward the rendezvous host
+    return found | interface_env(env, address)
 
 
 def init_horovod(settings_env: dict[str, str]) -> RankInfo:

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 # One color per phase, in the order the bars stack (train is shown as data_wait + compute).
-PHASE_ORDER = ("queued", "preflight", "startup", "data_wait", "compute", "eval", "checkpoint", "lost", "shutdown")
+PHASE_ORDER = ("queued", "preflight", "startup", "data_wait", "compute", "eval", "checkpoint", "other", "lost",
+               "shutdown")
 PHASE_COLORS = {"queued": "#bbbbbb", "preflight": "#8c564b", "startup": "#ff7f0e", "data_wait": "#d62728",
-                "compute": "#2ca02c", "eval": "#1f77b4", "checkpoint": "#9467bd", "lost": "#000000",
-                "shutdown": "#7f7f7f"}
+                "compute": "#2ca02c", "eval": "#1f77b4", "checkpoint": "#9467bd", "other": "#e377c2",
+                "lost": "#000000", "shutdown": "#7f7f7f"}
 
 
 def _pyplot() -> Any:

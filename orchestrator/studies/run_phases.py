@@ -33,12 +33,11 @@ from typing import Any
 from jobs.contract.checkpoint_index import read_run_info
 from jobs.rank.phases import phase_metrics
 from orchestrator.spec.jobstore import JobRecord, find_record
-from orchestrator.studies.plots import stacked_phases
+from orchestrator.studies.plots import PHASE_ORDER, stacked_phases
 
-# The order the table and the sweep report list the phases in: ``other`` (what no rank clock
-# measured) comes after the measured rank phases. The stacked bars follow plots.PHASE_ORDER.
-RUN_PHASES = ("queued", "preflight", "startup", "data_wait", "compute", "eval", "checkpoint", "other", "lost",
-              "shutdown")
+# The order the table, the sweep report and the stacked bars list the phases in: ``other`` (what no rank clock
+# measured) comes after the measured rank phases.
+RUN_PHASES = PHASE_ORDER  # submission to the end, in the order the stacked bar draws them
 
 
 @dataclass
