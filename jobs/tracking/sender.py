@@ -8,7 +8,9 @@ MLflow itself rejects is skipped with a warning. It runs in three places:
 * inside a :class:`jobs.tracking.tracker.Tracker` (``background=False``, tests and tools);
 * as rank 0's sender process, ``python -m jobs.tracking.sender SPOOL`` (what a training run uses):
   it follows ``records.jsonl`` while the rank appends to it and drains it when the rank
-  finishes or dies, so neither MLflow's import nor its requests touch the training loop;
+  finishes or dies, so neither MLflow's import nor its requests touch the training loop.
+  MLflow's and SQLAlchemy's own output goes to ``--log-file`` (the job's ``logs/tracking.log``),
+  podrun's warnings to the rank log;
 * in ``podrun sync`` (:func:`replay_spool`), for what an outage left behind.
 """
 
@@ -30,7 +32,7 @@ from jobs.tracking import mlflow_send
 from jobs.tracking.mlflow_errors import describe, is_permanent, limit_http_retries
 from jobs.tracking.mlflow_send import METRICS_PER_BATCH
 from jobs.tracking.spool import META_FILE, Spool, SpoolError
-from jobs.tracking.system_metrics import ignore_stop_signals
+from jobs.tracking.system_metrics import divert_library_output, ignore_stop_signals
 
 log = logging.getLogger("jobs.tracking.tracker")
 
@@ -305,11 +307,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-interval", type=float, default=30.0)
     parser.add_argument("--system-metrics", metavar="NODE", help="also log this node's system metrics as NODE")
     parser.add_argument("--system-metrics-interval", type=float, default=10.0)
+    parser.add_argument("--log-file", type=Path, help="MLflow's and SQLAlchemy's own log lines and prints go here")
     args = parser.parse_args(argv)
     ignore_stop_signals()
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    divert_library_output(args.log_file)  # before MLflow is imported: its lines never reach the rank log
     install_log_masking()
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        return _send(args)
+    except Exception:
+        log.exception("tracking: the MLflow sender failed")  # on the rank log, not in tracking.log
+        return 1
+
+
+def _send(args: argparse.Namespace) -> int:
     metrics = NodeMetrics(args.system_metrics, args.system_metrics_interval, write_run_id(args.run_info))
     sender = open_sender(args.spool, retry_interval_s=args.retry_interval, on_run=metrics.on_run)
     metrics.tracking_uri = sender.meta["tracking_uri"]

@@ -13,6 +13,10 @@ processes:
 
 A monitor that cannot start (no ``psutil``, no run id in time) warns once; training is
 never affected.
+
+MLflow's, SQLAlchemy's and alembic's own log lines and prints from these processes (and from
+rank 0's sender) go to ``logs/tracking.log`` in the job folder (:func:`divert_library_output`),
+not to the rank log that ``podrun launch`` shows; podrun's own lines stay on the rank log.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from jobs.contract.job import ResolvedJob
 from jobs.contract.placement import RankInfo
@@ -34,6 +38,61 @@ from jobs.contract.placement import RankInfo
 log = logging.getLogger("jobs.tracking.tracker")
 
 RUN_ID_WAIT_S = 600  # how long another node's monitor waits for rank 0 to create the run
+PODRUN_LOGGERS = ("jobs", "orchestrator", "podrun")  # what stays on the rank log
+LIBRARY_LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # MLflow's own format
+
+
+def tracking_log(job_dir: str | Path, node: int = 0) -> Path:
+    """Where a node's MLflow and SQLAlchemy output goes: ``logs/tracking.log``, ``logs/tracking.node_1.log``, ...
+
+    One file per node, because appends from several hosts to one file on shared storage can interleave.
+    """
+    name = "tracking.log" if node == 0 else f"tracking.{node_id(node)}.log"
+    return Path(job_dir) / "logs" / name
+
+
+def divert_library_output(log_file: Path | None) -> None:
+    """Send this process's library output to ``log_file``; podrun's own log lines stay on stderr (the rank log).
+
+    MLflow and SQLAlchemy log through handlers of their own and print ("Successfully
+    registered model ..." is a print to stderr), so file descriptors 1 and 2 become
+    ``log_file``: their lines, warnings and any C-level output land there. Loggers under
+    ``jobs`` (podrun's) write to a copy of the stderr this process started with. Without
+    ``log_file``, or where it cannot be created (said once), everything goes to stderr.
+    """
+    rank_log, problem = sys.stderr, None
+    if log_file is not None:
+        try:
+            rank_log = _redirect_output(log_file)
+        except OSError as exc:
+            problem = f"tracking: MLflow's own output stays here: {log_file}: {exc.strerror or exc}"
+    own = logging.StreamHandler(rank_log)
+    own.addFilter(_is_podrun)
+    libraries = logging.StreamHandler(sys.stderr)  # fd 2: the file
+    libraries.setFormatter(logging.Formatter(LIBRARY_LINE_FORMAT, "%Y/%m/%d %H:%M:%S"))
+    libraries.addFilter(lambda record: not _is_podrun(record))
+    root = logging.getLogger()
+    root.handlers[:] = [own, libraries]
+    root.setLevel(logging.WARNING)
+    if problem:
+        log.warning(problem)
+
+
+def _redirect_output(log_file: Path) -> TextIO:
+    """Point file descriptors 1 and 2 at ``log_file``; returns a stream on the stderr they replaced."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    rank_log = os.fdopen(os.dup(2), "w", buffering=1, errors="backslashreplace")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return rank_log
+
+
+def _is_podrun(record: logging.LogRecord) -> bool:
+    return record.name.split(".", 1)[0] in PODRUN_LOGGERS
 
 
 def node_id(index: int) -> str:
@@ -51,10 +110,11 @@ def node_index(info: RankInfo, tasks_per_node: int, env: dict[str, str] | None =
 
 
 def sender_args(job: ResolvedJob) -> tuple[str, ...]:
-    """The arguments that make rank 0's sender also monitor node 0."""
+    """Rank 0's sender's arguments from the job: where MLflow's own output goes, and node 0's monitor."""
+    args = ("--log-file", str(tracking_log(job.job_dir)))
     if job.system_metrics_interval_s <= 0:
-        return ()
-    return ("--system-metrics", node_id(0), "--system-metrics-interval", str(job.system_metrics_interval_s))
+        return args
+    return (*args, "--system-metrics", node_id(0), "--system-metrics-interval", str(job.system_metrics_interval_s))
 
 
 def start_monitor(run_id: str, tracking_uri: str, node: str, interval_s: float) -> Any:
@@ -100,9 +160,10 @@ def spawn_node_monitor(job: ResolvedJob, info: RankInfo) -> NodeMonitor | None:
     if job.system_metrics_interval_s <= 0 or info.is_main or info.local_rank != 0:
         return None
     read_fd, wake_fd = os.pipe()
+    node = node_index(info, job.tasks_per_node)
     argv = [sys.executable, "-m", "jobs.tracking.system_metrics", "--run-info", job.checkpoint_dir,
-            "--tracking-uri", job.tracking_uri, "--node", node_id(node_index(info, job.tasks_per_node)),
-            "--interval", str(job.system_metrics_interval_s)]
+            "--tracking-uri", job.tracking_uri, "--node", node_id(node),
+            "--interval", str(job.system_metrics_interval_s), "--log-file", str(tracking_log(job.job_dir, node))]
     process = subprocess.Popen(argv, stdin=read_fd, close_fds=True)
     os.close(read_fd)
     return NodeMonitor(process, wake_fd)
@@ -140,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--node", required=True, help="node_<i>")
     parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--log-file", type=Path, help="MLflow's own log lines and prints go here")
     args = parser.parse_args(argv)
     ignore_stop_signals()  # it ends when its rank does (stdin closes)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    divert_library_output(args.log_file)
     run_id = wait_for_run_id(args.run_info, 0)
     if run_id is None:
         return 0
@@ -156,4 +218,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(code)  # skip MLflow's exit handlers (seconds); everything was logged
