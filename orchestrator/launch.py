@@ -14,7 +14,7 @@ from pathlib import Path
 
 from jobs.contract import exit_codes
 from orchestrator.backends import get_backend
-from orchestrator.console import follow_job
+from orchestrator.console import follow_job, print_summary
 from orchestrator.errors import DataError, PodrunError
 from orchestrator.spec.jobspec import LaunchPlan
 from orchestrator.spec.jobstore import JobRecord, is_terminal
@@ -111,4 +111,6 @@ def launch(request: LaunchRequest, on_submitted: Callable[[LaunchPlan, JobRecord
     code, ended = follow_job(backend, record)
     if ended is not None and is_terminal(ended.state):
         record_phases(ended, say=lambda text: print(text, flush=True))
+    if ended is not None:
+        print_summary(ended)  # last: the commands to copy end the output
     return code
