@@ -46,7 +46,7 @@ from jobs.rank.state import LoopState
 from jobs.rank.stopping import StopFlag, StopVote
 from jobs.rank.watchdog import Watchdog
 from jobs.tasks.base import build_task
-from jobs.tracking.run_tracking import RunTracking
+from jobs.tracking.run_tracking import RunTracking, log_hang_files
 
 
 class Window:
@@ -155,7 +155,8 @@ class Trainer:
             self.hvd.broadcast_parameters(self.module.state_dict(), root_rank=0)
             self.hvd.broadcast_optimizer_state(self.optimizer, root_rank=0)
         self.tracking = RunTracking(job, info, self.resumed_from, tracker) if info.is_main else None
-        self.watchdog = Watchdog(self.job_dir, info.rank, info.world_size, job.watchdog_timeout_s, self._stalled)
+        self.watchdog = Watchdog(self.job_dir, info.rank, info.world_size, job.watchdog_timeout_s, self._stalled,
+                                 records_hangs=self.tracking is not None)
 
     # ------------------------------------------------------------------ set-up
 
@@ -398,12 +399,18 @@ class Trainer:
             self.tracking.eval_metric(metric, epoch + 1)
         return self.task.reached(metric, cfg.target)
 
-    def _stalled(self, diagnosis: str) -> None:
-        """The watchdog's verdict (from its thread): say it, record it, end the process (see jobs.rank.watchdog)."""
-        say(f"[watchdog] {diagnosis}; stopping the job: resume it with --resume")
+    def _stalled(self, note: str, hang_dir: Path | None) -> None:
+        """The watchdog's verdict (from its thread, which said it): record it, end the process (jobs.rank.watchdog).
+
+        ``hang_dir`` holds the ranks' stacks and traces; rank 0 logs them under ``hang/`` in MLflow.
+        """
+        say("[watchdog] stopping the job: resume it with --resume")
         try:
-            exit_codes.write_outcome(self.job_dir, exit_codes.STALLED, note=diagnosis)  # any rank that sees it
-            if self.tracking:  # the main thread is blocked in a collective: nothing else touches the tracker
+            exit_codes.write_outcome(self.job_dir, exit_codes.STALLED, note=note)  # any rank that sees it
+            # The loop's thread is blocked in a collective or waits in watchdog.stop(): the tracker is ours.
+            if self.tracking:
+                if hang_dir is not None and log_hang_files(self.tracking.tracker, hang_dir):
+                    say(f"[watchdog] MLflow: the stacks and traces go to the run's artifacts, hang/{hang_dir.name}/")
                 self.tracking.finish(exit_codes.STALLED, self._elapsed(), self.state, self.mllog.path)
         finally:
             os._exit(exit_codes.STALLED)

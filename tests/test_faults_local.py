@@ -8,6 +8,7 @@ and says what happened, then resumes it and checks the result against an uninter
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -89,7 +90,17 @@ def test_stopped_rank_is_named_by_the_watchdog_and_resume_matches(podrun_home, c
     assert took < 20 + 60, took
     expected = f"rank 1 on host {socket.gethostname()} (pid {stuck}) stopped responding"
     assert "FAILED" in line and expected in line, line
+    # Its last line (from its last heartbeat), the live rank waiting in a collective, and what the
+    # Flight Recorder says: rank 0 is in a collective that rank 1 left no trace of.
+    assert re.search(re.escape(expected) + r"[^;]*, its last known line [\w/.]+\.py:\d+ in \w+", line), line
+    rank0 = rank_pids(record.job_dir)[0]
+    assert f"rank 0 on host {socket.gethostname()} (pid {rank0}) is alive, in a collective (" in line, line
+    assert re.search(r"flight recorder: process group 0 \(2 ranks\): collective #\d+ gloo:\w+ .*: reached by rank 0; "
+                     r"no trace from rank 1 \(stopped", line), line
     assert "[watchdog] rank 0 made no progress" in log.read_text()
+    (event,) = (Path(record.job_dir) / "hang").glob("*-rank-0")  # rank 0 asked; rank 1 could not answer
+    assert (event / "stacks-rank-0.txt").exists() and not (event / "stacks-rank-1.txt").exists()
+    assert "(none from rank 1: stopped or did not answer within 5 s)" in line, line
     assert list_records(podrun_home)[0].exit_code == exit_codes.STALLED
     assert_nothing_left(record.job_dir)  # the stopped rank too: it was killed
     resume_and_compare(podrun_home, capsys, reference, "ckpt-000000008.pt")

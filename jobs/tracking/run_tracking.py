@@ -103,6 +103,18 @@ def open_tracker(job: ResolvedJob) -> Tracker:
                    run_info_dir=Path(job.checkpoint_dir), sender_args=system_metrics.sender_args(job))
 
 
+def log_hang_files(tracker: Tracker, folder: Path) -> int:
+    """The watchdog's stacks and traces of one hang (``<job_dir>/hang/<event>/``) under ``hang/<event>/``.
+
+    Returns how many files were queued (the sender uploads them; a file at a time, as MLflow
+    logs a file, not a folder).
+    """
+    files = sorted(path for path in Path(folder).iterdir() if path.is_file() and not path.name.startswith("."))
+    for path in files:
+        tracker.log_artifact(path, f"hang/{Path(folder).name}")
+    return len(files)
+
+
 class RunTracking:
     """Rank 0's view of the job's MLflow run."""
 
