@@ -76,8 +76,9 @@ def restart_controller(cluster: SlurmCluster) -> None:
 def test_killed_rank_requeues_and_the_job_survives_its_launcher_and_a_controller_restart(
         podrun_home, own_slurm, tmp_path, capsys, reference):
     cluster_file = make_profile(tmp_path, tmp_path)  # synthetic data: no data root
-    cli = podrun("launch", *slurm_args(cluster_file), env=os.environ.copy(), stdout=subprocess.DEVNULL,
-                 stderr=subprocess.DEVNULL)
+    # the requeue path: no restart inside the allocation (tests/test_faults_hosts.py covers that one)
+    cli = podrun("launch", *slurm_args(cluster_file, "--set", "profile.slurm.restarts_in_allocation=0"),
+                 env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     record = wait_until(lambda: next((r for r in list_records(podrun_home) if r.native_id), None), "the submission",
                         120)
     log = slurm_log(record)

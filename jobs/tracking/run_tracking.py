@@ -6,10 +6,12 @@ resumed or requeued job continues the same run and time-to-train stays honest.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
 from importlib import metadata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,20 @@ def job_params(job: ResolvedJob) -> dict[str, Any]:
     }
 
 
+def restarts_in_allocation(job_dir: Path, env: Mapping[str, str]) -> dict[str, Any] | None:
+    """What the Slurm batch script wrote when it started the ranks again inside its allocation (None: never)."""
+    job_id = env.get("SLURM_JOB_ID")
+    if env.get("SLURM_ARRAY_JOB_ID"):
+        job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '')}"
+    if not job_id:
+        return None
+    try:
+        found = json.loads((job_dir / f"restarts.{job_id}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) and isinstance(found.get("restarts_in_allocation"), int) else None
+
+
 def open_tracker(job: ResolvedJob) -> Tracker:
     """Rank 0's tracker, its sender process started; cheap to call (no torch, no MLflow here).
 
@@ -147,6 +163,11 @@ class RunTracking:
         if "SLURM_JOB_ID" in os.environ:
             tags |= {"slurm_job_id": os.environ["SLURM_JOB_ID"],
                      "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT", "0")}
+        restarts = restarts_in_allocation(self.job_dir, os.environ)
+        if restarts:  # the batch script started the ranks again inside its allocation
+            tags |= {"restarts_in_allocation": str(restarts["restarts_in_allocation"]),
+                     "podrun.nodes_replaced": restarts.get("nodes_replaced") or "none"}
+            self.tracker.log_metrics({"restarts_in_allocation": restarts["restarts_in_allocation"]}, step=len(attempts))
         self.tracker.set_tags(tags)
         log_preflight(self.tracker, self.job_dir, step=len(attempts))
 

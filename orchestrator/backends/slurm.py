@@ -64,6 +64,9 @@ def sbatch_value(value: object) -> str:
     return text
 
 
+STEP_GRACE_S = 15  # after the ranks said how they ended, how long their step may linger before the script ends it
+
+
 def comment_text(value: object) -> str:
     """A value inside a ``#`` comment: on one line (a newline would end the comment and start a command)."""
     return str(value).replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
@@ -108,7 +111,17 @@ def render_sbatch(plan: LaunchPlan) -> str:
         log_pattern="%A_%a" if slurm.array else "%j", config_path=str(Path(job.job_dir) / CONFIG_FILE),
         config_heredoc="\n".join(config_heredoc(plan)), workdir=_workdir(plan), comm=job.comm,
         preflight=job.preflight, preflight_gate=profile.preflight, preflight_gate_dir=slurm.workdir or str(run_dir()),
+        **_retry_settings(slurm),
     )
+
+
+def _retry_settings(slurm) -> dict[str, object]:
+    """The restart loop's settings: spares, restarts inside the allocation and the exit-code policy."""
+    policy = slurm.retry_policy()
+    codes = sorted((code, action) for code, action in policy.items() if code != "signal")
+    return dict(spare_nodes=slurm.spare_nodes, restarts_in_allocation=slurm.restarts_in_allocation,
+                on_exit=[(str(code), action) for code, action in sorted(codes, key=lambda item: int(item[0]))],
+                on_exit_signal=policy["signal"], on_exit_other="requeue", step_grace_s=STEP_GRACE_S)
 
 
 def render_ray_sbatch(plan: LaunchPlan) -> str:

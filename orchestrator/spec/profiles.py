@@ -59,6 +59,15 @@ class LoginConfig(StrictModel):
 
 
 SBATCH_VALUE = r"^[^\n\r\x00]*$"
+ExitAction = Literal["done", "stop", "restart", "requeue", "preflight"]
+# What the batch script does when the ranks end with an exit code (jobs.contract.exit_codes) or a
+# signal: restart inside the allocation (then requeue on the failure budget), requeue (3: on the
+# preemption budget), stop, or done. 4 never reaches it: the preflight gate decides that one.
+# An exit code not listed is requeued on the failure budget.
+DEFAULT_ON_EXIT: dict[str, ExitAction] = {
+    "0": "done", "2": "stop", "5": "stop", "7": "stop", "64": "stop", "3": "requeue",
+    "1": "restart", "6": "restart", "8": "restart", "signal": "restart", "4": "preflight",
+}
 
 
 class SlurmConfig(StrictModel):
@@ -75,6 +84,12 @@ class SlurmConfig(StrictModel):
     requeue: bool = True
     max_preemptions: int = Field(5, ge=0)
     max_failures: int = Field(1, ge=0)
+    spare_nodes: int = Field(0, ge=0, description="the job asks for nodes + spare_nodes; a spare takes a failed "
+                                                  "node's place in a restart inside the allocation")
+    restarts_in_allocation: int = Field(2, ge=0, description="a failed step starts again inside the allocation "
+                                                             "this often before the job is requeued")
+    on_exit: dict[str, ExitAction] = Field(default_factory=dict, description="exit code (or 'signal') -> done, "
+                                           "stop, restart, requeue or preflight, over the default map")
     dependency: str | None = Field(None, pattern=SBATCH_VALUE)
     array: str | None = Field(None, pattern=SBATCH_VALUE, description="repeated runs (MLPerf NEXP), e.g. 1-5%1")
     extra_flags: list[str] = Field(default_factory=list, description="more #SBATCH flags, e.g. --constraint=a100")
@@ -83,6 +98,18 @@ class SlurmConfig(StrictModel):
     workdir: str | None = None  # podrun's checkout on the cluster; None: this one
     setup: list[str] = Field(default_factory=list, description="shell lines before srun (module load, venv)")
     login: LoginConfig | None = None
+
+    @field_validator("on_exit")
+    @classmethod
+    def _exit_codes(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key != "signal" and not (key.isdigit() and int(key) < 256):
+                raise ValueError(f"{key!r}: a key is an exit code (0 to 255) or 'signal' (a death by a signal)")
+        return value
+
+    def retry_policy(self) -> dict[str, str]:
+        """The default map with the profile's own entries over it (see :data:`DEFAULT_ON_EXIT`)."""
+        return DEFAULT_ON_EXIT | {str(int(k)) if k.isdigit() else k: v for k, v in self.on_exit.items()}
 
     @field_validator("extra_flags")
     @classmethod
