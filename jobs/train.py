@@ -44,6 +44,7 @@ from jobs.rank.phases import PhaseClock, remember_end, remember_start
 from jobs.rank.precision import autocast_for, check_precision, grad_scaler
 from jobs.rank.state import LoopState
 from jobs.rank.stopping import StopFlag, StopVote
+from jobs.rank.stragglers import Comparison, Stragglers
 from jobs.rank.watchdog import Watchdog
 from jobs.tasks.base import build_task
 from jobs.tracking.run_tracking import RunTracking, log_hang_files
@@ -150,6 +151,8 @@ class Trainer:
         self.lr = job.derived.lr
         self.state = LoopState()
         self.phases = PhaseClock(device)  # where the wall time goes (jobs/rank/phases.py)
+        self.stragglers = Stragglers(job.straggler, info.rank, info.world_size, device, self.job_dir)
+        self.stragglers.attach(self.ddp)
         self.resumed_from = self._maybe_resume(resume_from)
         if self.hvd is not None:  # every rank starts from rank 0's state
             self.hvd.broadcast_parameters(self.module.state_dict(), root_rank=0)
@@ -262,7 +265,7 @@ class Trainer:
         if self.info.is_main:
             remember_start(self.ckpt_dir, self.phases)
         self.first_step, self.collectives_before = self.state.global_step, Counter(COLLECTIVES)
-        hosts = gather_hosts()  # a collective: every rank takes part
+        hosts = self.stragglers.hosts = gather_hosts()  # a collective: every rank takes part
         self.watchdog.start()
         if self.tracking:
             self.tracking.start(hosts, self.steps_per_epoch, self.train_loader.samples, self.val_loader.samples)
@@ -277,7 +280,7 @@ class Trainer:
             self.mllog.start("block_start", metadata={"first_epoch_num": epoch + 1, "epoch_count": 1})
             self.mllog.start("epoch_start", metadata={"epoch_num": epoch + 1})
             if not self._train_epoch(epoch):
-                return exit_codes.PREEMPTED
+                return exit_codes.REPLACE if self.stop.replace_reason else exit_codes.PREEMPTED
             self.mllog.end("epoch_stop", metadata={"epoch_num": epoch + 1})
             self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
             reached = self._maybe_evaluate(epoch)
@@ -316,7 +319,8 @@ class Trainer:
             if self.state.global_step % self.recipe.train.log_every == 0 or index + 1 == self.steps_per_epoch:
                 self._report(epoch, index + 1, loss, window)
                 window = Window()
-            if self.vote.after_step(self.state.global_step, self.stop.requested):
+            # a replace is decided by every rank at the same step (jobs.rank.stragglers): no vote
+            if self.stop.replace_reason or self.vote.after_step(self.state.global_step, self.stop.requested):
                 self._on_stop()
                 return False
         return True
@@ -324,9 +328,11 @@ class Trainer:
     def _micro_step(self, batch: Any, boundary: bool, update_freq: int) -> tuple[torch.Tensor, int]:
         """Forward and backward one micro-batch; step the optimizer at an update boundary."""
         accumulate = not boundary and self.ddp is not None
+        self.stragglers.clock.begin()
         with self.ddp.no_sync() if accumulate else contextlib.nullcontext():
             loss, items = self.task.train_step_loss(self.model, batch)
             self.scaler.scale(loss / update_freq if update_freq > 1 else loss).backward()
+        self.stragglers.clock.ready()  # DDP's comm hook marked it already, before the all-reduce's wait
         if boundary:
             self.lr = learning_rate(self.state.global_step, base_lr=self.job.derived.lr,
                                     end_lr=self.recipe.optim.end_lr, warmup_steps=self.warmup_steps,
@@ -344,11 +350,15 @@ class Trainer:
         return loss.detach(), items
 
     def _report(self, epoch: int, step: int, loss_tensor: torch.Tensor, window: Window) -> None:
-        """Progress line and metrics; a collective (every rank calls it at the same step)."""
+        """Progress line, metrics and the straggler check; a collective (every rank calls it at the same step)."""
         loss = float(loss_tensor)  # the only sync, on logging steps
         window.compute_s = self.phases.window_compute_s()  # after that sync: a GPU's events have completed
-        items, = all_reduce_sum([float(window.items)], self.device)
+        # One sum: the items, and each rank's time outside collectives in a slot of its own (jobs.rank.stragglers).
+        slots = self.stragglers.slots(window.items, self.phases.window_data_wait_s())
+        items, *seconds = all_reduce_sum([float(window.items), *slots], self.device)
         self.state.items += int(items)
+        compared = self.stragglers.compare(seconds, self.state.global_step)
+        self.stop.replace_reason = self.stragglers.replace_reason  # the same on every rank
         elapsed = max(time.time() - window.start, 1e-9)
         if not self.info.is_main:
             return
@@ -360,10 +370,20 @@ class Trainer:
         say(line.format())
         if self.tracking:
             self.tracking.step_metrics(self.state.global_step, loss, self.lr, rate)
+        if compared:
+            self._report_stragglers(compared)
+
+    def _report_stragglers(self, compared: Comparison) -> None:
+        """Rank 0: the slowest rank's ratio every window; the named ones when they change."""
+        changed = self.stragglers.record(compared, say)
+        if self.tracking:
+            self.tracking.stragglers(self.state.global_step, compared.worst, changed)
 
     def _on_stop(self, checkpoint: bool = True) -> None:
         if self.info.is_main:
-            say(f"[stop] {self.stop.signal_name or 'signal on another rank'}: checkpointing at epoch"
+            why = self.stop.signal_name or "signal on another rank"
+            why = f"to replace a straggler ({self.stop.replace_reason})" if self.stop.replace_reason else why
+            say(f"[stop] {why}: checkpointing at epoch"
                 f" {self.state.epoch + 1} step {self.state.step_in_epoch}")
         if checkpoint:
             self._checkpoint()

@@ -19,6 +19,7 @@ PREFLIGHT_FAILED = 4  # a node failed its preflight checks; training did not sta
 CHECKPOINT_FAILED = 5  # a checkpoint could not be written (disk full?); the earlier ones are intact
 STALLED = 6  # the progress watchdog stopped the job: a rank made no progress within the timeout
 IN_USE = 7  # another job is training from the same checkpoint folder (see jobs.rank.checkpoint_lock)
+REPLACE = 8  # stopped after a checkpoint to replace a straggling node (replace.json names it; jobs.rank.stragglers)
 CONFIG_ERROR = 64  # podrun: a usage or config error (a file, a --set value, a data set, a checkpoint)
 BACKEND_ERROR = 69  # podrun: the scheduler (Slurm, Ray, the login host) is unreachable or refused
 INTERRUPTED = 130  # podrun: Ctrl-C before a job was submitted
@@ -32,6 +33,7 @@ DESCRIPTIONS = {
     CHECKPOINT_FAILED: "could not write a checkpoint; the earlier ones are intact (resume with --resume)",
     STALLED: "a rank made no progress; stopped by the watchdog (resume with --resume)",
     IN_USE: "another job trains from this checkpoint folder",
+    REPLACE: "stopped after a checkpoint to replace a straggling node",
 }
 
 OUTCOME_FILE = "outcome.json"

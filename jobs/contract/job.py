@@ -48,6 +48,25 @@ class RegistryConfig(StrictModel):
         return {"enabled": value} if isinstance(value, bool) else value
 
 
+class StragglerConfig(StrictModel):
+    """The straggler check (:mod:`jobs.rank.stragglers`); ``straggler: false`` in a job spec turns it off.
+
+    A rank whose time outside collectives is ``threshold`` times the median or more, for
+    ``window`` log windows in a row, is named; ``action: replace`` also stops the job after a
+    checkpoint (exit 8) so that it restarts without that rank's host.
+    """
+
+    enabled: bool = True
+    threshold: float = Field(1.2, gt=1, description="slower than the median by this factor (1.2: 20% slower)")
+    window: int = Field(5, ge=1, description="log windows in a row (train.log_every steps each)")
+    action: Literal["warn", "replace"] = Field("warn", description="replace: stop after a checkpoint, exit 8")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: object) -> object:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
 class Derivation(StrictModel):
     """How the scale-dependent hyperparameters were obtained (logged to MLflow)."""
 
@@ -86,6 +105,7 @@ class ResolvedJob(StrictModel):
     preflight: PreflightSpec | None = Field(None, description="the node checks before training; None: off")
     tags: dict[str, str] = Field(default_factory=dict, description="more MLflow run tags (a sweep's parent run)")
     watchdog_timeout_s: float = Field(600, ge=0, description="see jobs.rank.watchdog; 0: off")
+    straggler: StragglerConfig = Field(default_factory=StragglerConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     system_metrics_interval_s: float = Field(10.0, ge=0, description="per-node system metrics; 0 turns them off")
     command: str = Field("", description="the podrun command line that reproduces the job (no secrets)")
@@ -101,9 +121,12 @@ def load_resolved(path: Path) -> ResolvedJob:
 
 
 def job_document(job: ResolvedJob) -> dict:
-    """``job`` as plain data, leaving out what is implied: no tags, a task the recipe's sections name."""
-    skip = None if job.tags else {"tags"}  # most jobs have none: their rendered scripts stay as they were
-    data = job.model_dump(mode="json", exclude=skip)
+    """``job`` as plain data, leaving out what is implied: no tags, the default straggler check, a task the
+    recipe's sections name."""
+    # Most jobs have neither: their rendered scripts stay as they were.
+    skip = {"tags"} if not job.tags else set()
+    skip |= {"straggler"} if job.straggler == StragglerConfig() else set()
+    data = job.model_dump(mode="json", exclude=skip or None)
     if job.recipe.task == job.recipe.implied_task(job.recipe.model, job.recipe.data):
         del data["recipe"]["task"]  # the form of earlier releases, which read it the same way
     return data

@@ -195,6 +195,7 @@ class PhaseClock:
         self._inside: tuple[str, float] | None = None
         self._host_spans: list[Span] = []  # data wait, eval and checkpoint spans not yet compared with compute
         self._window_compute = 0.0
+        self._window_data_wait = 0.0
 
     def start_run(self, phases: dict[str, float], saved_at: float, now: float) -> None:
         """At ``run_start``: a first attempt's start-up, or the time lost since the checkpoint it resumes.
@@ -216,6 +217,8 @@ class PhaseClock:
         ended = time.perf_counter()
         self.attempt[name] += ended - started
         self._host_spans.append((started, ended))
+        if name == "data_wait":
+            self._window_data_wait += ended - started
 
     @contextlib.contextmanager
     def measure(self, name: str) -> Iterator[None]:
@@ -247,12 +250,18 @@ class PhaseClock:
         """This rank's ``compute`` seconds since the previous call: one log window's.
 
         The loop calls it at every log boundary, after the loss read, where a GPU has caught up
-        with the host: a straggler check can compare these figures across ranks window by
-        window. On a GPU, micro-steps whose events have not completed yet count in the next
-        window. Never synchronizes a device.
+        with the host. On a GPU, micro-steps whose events have not completed yet count in the
+        next window. Never synchronizes a device. Not a straggler's measure: with DDP the
+        gradient all-reduce runs inside ``backward()``, so a fast rank's compute holds its wait
+        for the slow one (:mod:`jobs.rank.stragglers` times the work before that all-reduce).
         """
         self._drain(wait=False)
         found, self._window_compute = self._window_compute, 0.0
+        return found
+
+    def window_data_wait_s(self) -> float:
+        """This rank's ``data_wait`` seconds since the previous call (a straggler's window, with its compute)."""
+        found, self._window_data_wait = self._window_data_wait, 0.0
         return found
 
     def _drain(self, wait: bool) -> None:

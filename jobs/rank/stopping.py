@@ -34,11 +34,17 @@ from jobs.rank.dist import PendingSum, start_all_reduce_sum, sums_need_a_collect
 
 
 class StopFlag:
-    """Set by a signal handler; the loop reads it at step boundaries (handlers do nothing else)."""
+    """Set by a signal handler; the loop reads it at step boundaries (handlers do nothing else).
+
+    ``replace_reason`` is the other way to stop: every rank sets it at the same log boundary from
+    the same numbers (a straggler to replace, :mod:`jobs.rank.stragglers`), so the loop stops there
+    without a vote and the ranks exit with :data:`jobs.contract.exit_codes.REPLACE`.
+    """
 
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
+        self.replace_reason = ""
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -10,8 +10,8 @@ import json
 import os
 import platform
 import time
-from importlib import metadata
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,9 @@ from jobs.tracking.run_page import result_line, run_page_record
 from jobs.tracking.store_uri import display_uri
 from jobs.tracking.tracker import Tracker
 
-RUN_STATUS = {exit_codes.SUCCESS: "FINISHED", exit_codes.NOT_REACHED: "FINISHED", exit_codes.PREEMPTED: "KILLED"}
+RUN_STATUS = {exit_codes.SUCCESS: "FINISHED", exit_codes.NOT_REACHED: "FINISHED", exit_codes.PREEMPTED: "KILLED",
+              exit_codes.REPLACE: "KILLED"}
+STRAGGLERS_TAG = "podrun.stragglers"  # the ranks the straggler check named (jobs.rank.stragglers)
 # Distributions whose versions a run records, read from their metadata (importing Ray or
 # DALI only to ask would cost seconds at every start).
 DISTRIBUTIONS = {"dali": ("nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali-cuda130"), "ray": ("ray",),
@@ -174,6 +176,12 @@ class RunTracking:
     def step_metrics(self, step: int, loss: float, lr: float, rate: float) -> None:
         self.tracker.log_metrics({names.TRAIN_LOSS: loss, names.LR: lr, names.throughput(self.task.unit): rate},
                                  step=step)
+
+    def stragglers(self, step: int, worst: float, named: str | None) -> None:
+        """The slowest rank's ratio to the median (every compared window); the named ranks when they change."""
+        self.tracker.log_metrics({names.STRAGGLER_RATIO: round(worst, 4)}, step=step)
+        if named:
+            self.tracker.set_tags({STRAGGLERS_TAG: named})
 
     def eval_metric(self, value: float, epoch: int) -> None:
         # also in the "result" section, which the MLflow UI charts first (sections sort before the rest)

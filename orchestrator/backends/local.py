@@ -24,6 +24,7 @@ from jobs.contract import exit_codes
 from jobs.contract.job import CONFIG_FILE, ResolvedJob, load_resolved
 from jobs.contract.placement import free_port
 from jobs.rank.checkpoint_lock import check_free
+from jobs.rank.stragglers import read_status_note
 from jobs.rank.watchdog import collective_fault_env
 from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.backends.lifeline import (
@@ -44,6 +45,7 @@ EXIT_STATES = {
     exit_codes.SUCCESS: SUCCEEDED,
     exit_codes.NOT_REACHED: FAILED,
     exit_codes.PREEMPTED: PREEMPTED,
+    exit_codes.REPLACE: PREEMPTED,  # stopped after a checkpoint for a straggler's host: here it just ends (--resume)
 }
 RANK_GRACE_S = 60
 POLL_S = 0.05  # how often the supervisor and the log follower look: a job's end is seen within this
@@ -140,6 +142,7 @@ class LocalBackend(Backend):
         record = JobRecord.load(record.path)
         if not is_terminal(record.state) and not pid_alive(int(record.native_id or 0)):
             record = orphan_status(record, pid_alive, EXIT_STATES)
+        record.detail += read_status_note(Path(record.job_dir))  # a straggler named (not saved: read each time)
         return record
 
     def logs(self, record: JobRecord, rank: int = 0, follow: bool = False) -> Iterator[str]:
@@ -292,7 +295,7 @@ class Supervisor:
 
     def _failed(self) -> bool:
         for rank, proc in enumerate(self.procs):
-            if proc.poll() not in (None, 0, exit_codes.NOT_REACHED, exit_codes.PREEMPTED):
+            if proc.poll() not in (None, 0, exit_codes.NOT_REACHED, exit_codes.PREEMPTED, exit_codes.REPLACE):
                 self.first_failure = (rank, proc.returncode)
                 return True
         return False

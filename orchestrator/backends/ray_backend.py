@@ -14,9 +14,11 @@ import os
 import shlex
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from jobs.contract import exit_codes
+from jobs.rank.stragglers import read_status_note
 from orchestrator.backends.base import Backend
 from orchestrator.backends.ray_runtime import auth_headers, entrypoint, runtime_env, token_path
 from orchestrator.errors import BackendError
@@ -77,6 +79,7 @@ class RayBackend(Backend):
         record.native_id = job.job_id
         record.state, record.detail = PENDING, "submitted"
         record.extra["ray"] = plan.profile.ray.model_dump()
+        record.extra["cluster_job_dir"] = job.job_dir  # on storage the cluster shares (the profile's state_dir)
 
     def status(self, record: JobRecord) -> JobRecord:
         if is_terminal(record.state):
@@ -89,6 +92,7 @@ class RayBackend(Backend):
         raw = str(getattr(info.status, "value", info.status))
         record.state = RAY_STATES.get(raw, UNKNOWN)
         record.detail = f"{raw}: {info.message}" if info.message else raw
+        record.detail += read_status_note(Path(record.extra.get("cluster_job_dir", record.job_dir)))
         if is_terminal(record.state):
             record.exit_code = _exit_code(client.get_job_logs(record.native_id), record.state)
             record.finished_at = time.time()

@@ -18,6 +18,8 @@ import jinja2
 
 from jobs.contract import exit_codes
 from jobs.contract.job import CONFIG_FILE
+from jobs.rank.stragglers import STATUS_FILE as STRAGGLERS_FILE
+from jobs.rank.stragglers import status_note as straggler_note
 from jobs.rank.watchdog import collective_fault_env
 from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.backends.slurm_submit import submission_mark, submit_once
@@ -213,7 +215,7 @@ class SlurmBackend(Backend):
         if state is None:  # slurmctld did not answer (restarting?): the job itself runs on
             record.detail = f"slurmctld unreachable ({detail}); last known: {record.state}"
             return record
-        detail += self._preflight_note(tunnel, record)
+        detail += self._preflight_note(tunnel, record) + self._straggler_note(tunnel, record)
         record.state, record.detail = state, detail
         if exit_code is not None:
             record.exit_code = exit_code
@@ -233,6 +235,11 @@ class SlurmBackend(Backend):
 
         folder = Path(record.extra.get("cluster_job_dir", record.job_dir)) / "preflight"
         return status_note(tunnel.read_text(str(folder / STATUS_FILE)))
+
+    def _straggler_note(self, tunnel: Tunnel, record: JobRecord) -> str:
+        """The ranks the straggler check named, from the job's folder (jobs.rank.stragglers)."""
+        folder = Path(record.extra.get("cluster_job_dir", record.job_dir))
+        return straggler_note(tunnel.read_text(str(folder / STRAGGLERS_FILE)))
 
     def _query(self, tunnel: Tunnel, job_id: str) -> tuple[str | None, str, int | None]:
         """(state, detail, exit code); state None when slurmctld does not answer.

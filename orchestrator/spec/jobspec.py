@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, PrivateAttr, field_validator
 
 from jobs.contract.config_io import NAME_PATTERN, StrictModel, read_yaml, validate
-from jobs.contract.job import HorovodConfig, RegistryConfig, ResolvedJob, job_document
+from jobs.contract.job import HorovodConfig, RegistryConfig, ResolvedJob, StragglerConfig, job_document
 from jobs.contract.private_files import write_private
 from orchestrator.spec.backend_names import check_backend_name
 from orchestrator.spec.profiles import ClusterProfile
@@ -33,6 +33,8 @@ class JobSpec(StrictModel):
     horovod: HorovodConfig = Field(default_factory=HorovodConfig)
     watchdog_timeout_s: float = Field(600, ge=0, description="a rank without progress this long fails the job, "
                                                              "named (jobs.rank.watchdog); 0: off")
+    straggler: StragglerConfig = Field(default_factory=StragglerConfig,
+                                       description="a slow rank named (jobs.rank.stragglers); false: off")
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="false: no model in MLflow")
     system_metrics_interval_s: float = Field(10.0, ge=0, description="per-node system metrics; 0: off")
     overrides: dict[str, Any] = Field(default_factory=dict)
@@ -78,6 +80,8 @@ PLAN_FILE = "launch.yaml"
 def dump_plan(plan: LaunchPlan) -> str:
     """The plan as YAML text (:func:`load_plan_file` and the Ray driver read it back)."""
     data = plan.model_dump(mode="json")
+    if plan.spec.straggler == StragglerConfig():
+        del data["spec"]["straggler"]  # the default: plans (and the scripts that carry them) stay as they were
     data["job"] = job_document(plan.job)
     return yaml.safe_dump(data, sort_keys=False)
 

@@ -176,6 +176,7 @@ def load_job(
         git_sha=git_sha(),
         preflight=preflight_spec(profile, chosen_backend),
         watchdog_timeout_s=spec.watchdog_timeout_s,
+        straggler=spec.straggler,
         registry=spec.registry,
         system_metrics_interval_s=spec.system_metrics_interval_s,
         command=reproduce_command(ref, assignments or [], cluster_file=cluster_file, backend=backend),

@@ -1,0 +1,142 @@
+"""A slow host (a cgroup CPU quota on every process of it) is named by the straggler check on Slurm and Ray.
+
+Each backend gets a cluster of this module's own (tests/fixtures/hosts.py): three Slurm hosts
+(tag ``x2``), so that the median is a fast host's, and two Ray hosts (tag ``r2``) of one CPU each. The host is
+slowed before the job starts (its slurmd, or its raylet, hands the quota to the ranks it starts),
+so with ``train.log_every=1`` and ``straggler.window=2`` the check names it at step 3: step 1 is
+the warm-up window, steps 2 and 3 are the two windows in a row. With ``action: replace`` on
+Slurm the ranks write ``replace.json`` and exit 8; what the batch script does then (start again
+without that host) is tested with the script (tests/test_faults_hosts.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from jobs.contract.checkpoint_index import read_run_info
+from jobs.rank.stragglers import REPLACE_FILE, STATUS_FILE
+from orchestrator.cli import main
+from orchestrator.spec.jobstore import list_records
+from tests.faults import SETTINGS
+from tests.fixtures.ray_cluster import RayCluster
+from tests.fixtures.slurm import SlurmCluster
+from tests.test_faults_hosts import ThreeHosts
+from tests.test_ray_backend import ray_logs, ray_profile, wait_for_log  # noqa: F401 - ray_profile is a fixture
+from tests.test_slurm_backend import make_profile, slurm_log
+from tests.waiting import wait_for_text, wait_state, wait_until
+
+pytestmark = pytest.mark.slow
+ENDED = {"SUCCEEDED", "FAILED", "CANCELLED", "PREEMPTED"}
+STRAGGLER = ["--set", "straggler.window=2"]
+
+
+@pytest.fixture(scope="module")
+def three_hosts() -> Iterator[SlurmCluster]:
+    cluster = ThreeHosts("x2", 3)  # tests/test_faults_hosts.py's kind of cluster, on a bridge and subnet of its own
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class OneCpuHead(RayCluster):
+    """Two Ray hosts (tag ``r2``) of one CPU each: Ray Train packs its workers (``PACK``), and a head of
+    two CPUs would hold both ranks; with one each, every host runs one rank."""
+
+    def _ray_start(self, index: int, *args: str, timeout: float) -> None:
+        super()._ray_start(index, *("--num-cpus=1" if arg.startswith("--num-cpus=") else arg for arg in args),
+                           timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayCluster]:
+    """This module's Ray cluster; tests/test_ray_backend.py's ``ray_profile`` points at it."""
+    cluster = OneCpuHead("r2", 2)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def named_in(job_dir: Path) -> list[dict]:
+    return json.loads((job_dir / STATUS_FILE).read_text())["named"]
+
+
+def rank_hosts(text: str, world_size: int) -> dict[int, str]:
+    return {int(rank): host for rank, host in re.findall(rf"\[rank (\d+)/{world_size}\] pid \d+ on (\S+)", text)}
+
+
+def test_a_slow_slurm_host_is_named_within_the_window_and_replace_ends_the_ranks_with_exit_8(
+        three_hosts, podrun_home, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SLURM_CONF", str(three_hosts.conf_path))
+    cluster_file = make_profile(tmp_path, tmp_path, max_failures=0)  # synthetic data: no data root
+    profile = yaml.safe_load(cluster_file.read_text())
+    profile["profiles"]["test"]["nodes"] = 3
+    cluster_file.write_text(yaml.safe_dump(profile))
+    slow = three_hosts.nodes[2]
+    three_hosts.hosts.slow_down(slow, share=0.25)  # slurmd: the ranks it starts inherit the quota
+    try:
+        assert main(["launch", "resnet50:tiny", "--cluster-file", str(cluster_file), "--set", "cluster=test",
+                     "--set", "nodes=3", "--set", "tasks_per_node=1", "--backend", "slurm", *SETTINGS, *STRAGGLER,
+                     "--set", "straggler.threshold=1.5", "--set", "straggler.action=replace", "--detach"]) == 0
+        record = wait_until(lambda: next((r for r in list_records(podrun_home) if r.native_id), None), "the job", 60)
+        job_dir = Path(record.extra["cluster_job_dir"])
+        # the batch script removes replace.json when it starts the ranks again: read it at once
+        replace = wait_until(lambda: (job_dir / REPLACE_FILE).exists() and (job_dir / REPLACE_FILE).read_text(),
+                             "replace.json", 300, 0.1)
+        three_hosts.hosts.full_speed(slow)
+        capsys.readouterr()
+        main(["status", record.job_id])
+        status = capsys.readouterr().out
+        log = slurm_log(record)
+        wait_for_text(log, "[done] stopped after a checkpoint to replace a straggling node", timeout=120)
+    finally:
+        three_hosts.hosts.full_speed(slow)
+        three_hosts.run("scancel", "--user=root", check=False)
+    text = log.read_text()
+    slow_rank = next(rank for rank, host in rank_hosts(text, 3).items() if host == slow)
+    assert json.loads(replace)["hosts"] == [slow], text[-3000:]
+    assert re.search(rf"\[straggler\] rank {slow_rank} on {slow}: \d+\.\dx the median", text), text[-3000:]
+    assert [(entry["rank"], entry["step"]) for entry in named_in(job_dir)] == [(slow_rank, 3)]  # within the window
+    assert f"; straggler: rank {slow_rank} on {slow}, " in status, status
+
+
+@pytest.mark.usefixtures("ray_profile")
+def test_a_slow_ray_host_is_named_within_the_window(ray_cluster, local_env, capsys):
+    slow = ray_cluster.hosts.nodes[1]  # not the head: the job's driver runs there
+    ray_cluster.hosts.slow_down(slow, share=0.25)  # the raylet and the workers it starts
+    try:
+        assert main(["launch", "resnet50:tiny", "--set", "cluster=test", "--set", "nodes=2", "--set",
+                     "tasks_per_node=1", "--backend", "ray", *SETTINGS, *STRAGGLER, "--detach"]) == 0
+        record = list_records(local_env)[0]
+        wait_for_log(record, r"\[straggler\] rank \d on ")
+        ray_cluster.hosts.full_speed(slow)
+        capsys.readouterr()
+        main(["status", record.job_id])
+        status = capsys.readouterr().out
+        run_id = wait_until(lambda: read_run_info(Path(record.checkpoint_dir)).get("mlflow_run_id"), "the run", 60)
+        client = MlflowClient(record.tracking_uri)
+        run = wait_until(lambda: (found := client.get_run(run_id)).data.tags.get("podrun.stragglers") and found,
+                         "the tag podrun.stragglers", 60)  # rank 0's sender sends it in the background
+        main(["cancel", record.job_id])
+        wait_state(record.job_id, capsys, ENDED)
+    finally:
+        ray_cluster.hosts.full_speed(slow)
+    logs = ray_logs(record)
+    slow_rank = next(rank for rank, host in rank_hosts(logs, 2).items() if host == slow)
+    assert re.search(rf"\[straggler\] rank {slow_rank} on {slow}: \d+\.\dx the median", logs), logs[-3000:]
+    assert [(entry["rank"], entry["step"]) for entry in named_in(Path(record.extra["cluster_job_dir"]))] == \
+        [(slow_rank, 3)]
+    assert f"; straggler: rank {slow_rank} on {slow}, " in status, status
+    assert run.data.tags["podrun.stragglers"].startswith(f"rank {slow_rank} on {slow}, ")
+    ratios = [metric.value for metric in client.get_metric_history(run_id, "straggler_ratio")]
+    assert max(ratios) >= 1.2, ratios  # a time series: the last value is that of a window after full_speed
