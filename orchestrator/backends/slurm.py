@@ -66,7 +66,7 @@ def sbatch_value(value: object) -> str:
     return text
 
 
-STEP_GRACE_S = 15  # after the ranks said how they ended, how long their step may linger before the script ends it
+STEP_GRACE_S = 10  # after the ranks said they failed, how long their step may linger before the script ends it
 
 
 def comment_text(value: object) -> str:
