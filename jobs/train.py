@@ -37,7 +37,7 @@ from jobs.contract.job import ResolvedJob
 from jobs.contract.placement import RankInfo
 from jobs.contract.progress import ProgressLine, format_eta
 from jobs.rank.checkpoint import latest_checkpoint, load_resumable, save_checkpoint
-from jobs.rank.dist import COLLECTIVES, all_gather_object, all_reduce_sum, gather_hosts, horovod
+from jobs.rank.dist import COLLECTIVES, all_reduce_sum, gather_hosts, gather_object, horovod
 from jobs.rank.mlperf_log import MlperfLogger, log_submission
 from jobs.rank.optim import build_optimizer, learning_rate, set_learning_rate
 from jobs.rank.phases import PhaseClock, remember_end, remember_start
@@ -219,7 +219,7 @@ class Trainer:
             self.state.train_time_s = self._elapsed()
             self.state.saved_at = time.time()
             self.state.phases = self.phases.totals(self.state.saved_at)
-            rng = all_gather_object(rng_state())  # every rank's stream: dropout draws differ per rank
+            rng = gather_object(rng_state())  # every rank's stream (dropout draws differ per rank), to rank 0
             path = self._write_checkpoint(rng) if self.info.is_main else None
             if self.hooks:
                 self.hooks.checkpointed(path, self.state)

@@ -188,6 +188,24 @@ def all_gather_object(obj: object) -> list:
     return gathered
 
 
+def gather_object(obj: object) -> list | None:
+    """Every rank's ``obj`` on rank 0, in rank order (None on the other ranks).
+
+    What only rank 0 needs (the RNG states it writes into a checkpoint) goes to rank 0 alone:
+    gathered to every rank, it would cost each of 1,536 ranks all the others' states.
+    Horovod has no gather: there it is an all-gather.
+    """
+    if _world_size() == 1:
+        return [obj]
+    COLLECTIVES["gather_object"] += 1
+    if _horovod is not None:
+        gathered = _horovod.allgather_object(obj)
+        return gathered if _horovod.rank() == 0 else None
+    gathered: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
 def barrier() -> None:
     if _world_size() == 1:
         return

@@ -96,7 +96,10 @@ def fit(plan: LaunchPlan) -> int:
     trainer = TorchTrainer(
         worker_main,
         train_loop_config={"job": job.model_dump(mode="json")},
-        scaling_config=ScalingConfig(num_workers=job.world_size, use_gpu=use_gpu, resources_per_worker=resources),
+        # a job of several nodes spreads its workers over the nodes (Ray's default packs them onto the
+        # first node that has room, which on CPU nodes can be one node for the whole job)
+        scaling_config=ScalingConfig(num_workers=job.world_size, use_gpu=use_gpu, resources_per_worker=resources,
+                                     placement_strategy="SPREAD" if job.nodes > 1 else "PACK"),
         run_config=RunConfig(
             name=job.job_id,
             storage_path=ray_cfg.storage_path or str(Path(job.checkpoint_dir).parent / "ray"),
