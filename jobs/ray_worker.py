@@ -18,7 +18,7 @@ from typing import Any
 
 from jobs.contract import exit_codes
 from jobs.contract.checkpoint_index import checksum_path
-from jobs.contract.job import ResolvedJob
+from jobs.contract.job import ResolvedJob, resized
 from jobs.rank.state import LoopState
 
 
@@ -64,7 +64,8 @@ def worker_main(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     os.environ.update(RANK=str(context.get_world_rank()), WORLD_SIZE=str(context.get_world_size()),
                       LOCAL_RANK=str(context.get_local_rank()))
-    job = ResolvedJob.model_validate(config["job"])
+    # an elastic run may go on with fewer workers than the job asks for: the same global batch
+    job = resized(ResolvedJob.model_validate(config["job"]), context.get_world_size())
     with _reported_checkpoint() as resume_from:
         code = run_rank(job, hooks=RayHooks(), resume_from=resume_from)
     if code == exit_codes.FAILED:

@@ -149,7 +149,7 @@ class Trainer:
         warmup = self.recipe.schedule.warmup_steps
         self.warmup_steps = warmup if warmup is not None else int(job.derived.warmup_epochs * updates_per_epoch)
         self.lr = job.derived.lr
-        self.state = LoopState()
+        self.state = LoopState(world_size=info.world_size)
         self.phases = PhaseClock(device)  # where the wall time goes (jobs/rank/phases.py)
         self.stragglers = Stragglers(job.straggler, info.rank, info.world_size, device, self.job_dir)
         self.stragglers.attach(self.ddp)
@@ -205,6 +205,7 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scaler.load_state_dict(checkpoint["scaler"])
         self.state = LoopState.from_dict(checkpoint["progress"])
+        self.state.on_world_size(self.info.world_size)  # an elastic run may resume on fewer ranks
         # Wall time from the checkpoint to this restart (queueing, start-up): lost to preemption.
         self.state.time_lost_s += max(time.time() - self.state.saved_at, 0.0) if self.state.saved_at else 0.0
         set_rng_state(checkpoint["rng"], self.info.rank, self.info.world_size)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from jobs.contract.config_io import NAME_PATTERN, StrictModel, read_yaml, validate
+from jobs.contract.errors import ConfigError
 from jobs.contract.preflight_spec import PreflightSpec
 from jobs.contract.private_files import write_private
 from jobs.contract.recipe import Recipe
@@ -140,6 +141,31 @@ def dump_resolved(job: ResolvedJob) -> str:
 def write_resolved(job: ResolvedJob, path: Path) -> None:
     """Write ``job`` where :func:`load_resolved` reads it (readable by its owner only)."""
     write_private(path, dump_resolved(job))
+
+
+def resized(job: ResolvedJob, world_size: int) -> ResolvedJob:
+    """``job`` on ``world_size`` ranks (an elastic Ray run after a lost node), with the same global batch.
+
+    Each rank's batch stays; gradient accumulation (``update_freq``) makes up for the missing
+    ranks, so the optimizer steps, the learning rate and its schedule are those of the full job.
+
+    Raises:
+        ConfigError: the global batch does not divide into ``world_size`` ranks' micro-batches.
+    """
+    if world_size == job.world_size:
+        return job
+    micro_batches = job.derived.update_freq * job.world_size
+    if micro_batches % world_size:
+        raise ConfigError(f"an elastic run of {job.world_size} ranks cannot keep its global batch on {world_size} "
+                          f"(update_freq {job.derived.update_freq} x {job.world_size} ranks does not divide by "
+                          f"{world_size}): set ray.min_workers to a divisor of {job.world_size}")
+    job = job.model_copy(deep=True)
+    job.derived.notes.append(f"elastic: {world_size} of {job.world_size} ranks, update_freq "
+                             f"{job.derived.update_freq} -> {micro_batches // world_size}")
+    job.derived.update_freq = micro_batches // world_size
+    job.world_size = world_size
+    job.nodes = max(1, world_size // job.tasks_per_node)
+    return job
 
 
 def apply_array_task(job: ResolvedJob, env: dict[str, str]) -> ResolvedJob:

@@ -24,6 +24,7 @@ class LoopState:
     time_lost_s: float = 0.0  # from a checkpoint to the restart that resumed it
     saved_at: float = 0.0  # wall clock of the last checkpoint (0: none yet)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (jobs.rank.phases)
+    world_size: int = 0  # the ranks that wrote it (0: a checkpoint of an earlier release)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict for the checkpoint (``evals`` as lists)."""
@@ -39,3 +40,14 @@ class LoopState:
         state.evals = [(int(epoch), float(value)) for epoch, value in state.evals]
         state.phases = dict(state.phases or {})
         return state
+
+    def on_world_size(self, world_size: int) -> None:
+        """Carry the data position over to ``world_size`` ranks (an elastic run resumed with fewer or more).
+
+        A rank's micro-batch is the same size on any world size, so the samples done in the epoch,
+        ``step_in_epoch x world_size x batch``, give the new position. Checkpoints are taken between
+        optimizer steps, and the global batch is kept (:func:`jobs.contract.job.resized`), so it divides.
+        """
+        if self.world_size and self.world_size != world_size:
+            self.step_in_epoch = self.step_in_epoch * self.world_size // world_size
+        self.world_size = world_size

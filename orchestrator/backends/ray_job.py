@@ -75,6 +75,13 @@ def fit_horovod(plan: LaunchPlan) -> int:
     return int(codes[0])
 
 
+def worker_count(world_size: int, min_workers: int | None) -> int | tuple[int, int]:
+    """Ray Train's ``num_workers``: fixed, or ``(min, max)`` for an elastic run (Ray Train V2, Ray 2.60)."""
+    if min_workers is None or min_workers >= world_size:
+        return world_size
+    return (min_workers, world_size)
+
+
 def fit(plan: LaunchPlan) -> int:
     """Run the plan's job with a TorchTrainer on the current Ray cluster; return its exit code."""
     import ray
@@ -98,7 +105,8 @@ def fit(plan: LaunchPlan) -> int:
         train_loop_config={"job": job.model_dump(mode="json")},
         # a job of several nodes spreads its workers over the nodes (Ray's default packs them onto the
         # first node that has room, which on CPU nodes can be one node for the whole job)
-        scaling_config=ScalingConfig(num_workers=job.world_size, use_gpu=use_gpu, resources_per_worker=resources,
+        scaling_config=ScalingConfig(num_workers=worker_count(job.world_size, ray_cfg.min_workers), use_gpu=use_gpu,
+                                     resources_per_worker=resources,
                                      placement_strategy="SPREAD" if job.nodes > 1 else "PACK"),
         run_config=RunConfig(
             name=job.job_id,

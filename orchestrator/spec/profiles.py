@@ -127,6 +127,8 @@ class RayConfig(StrictModel):
     token_file: str | None = Field(None, description="Ray's auth token (default: ~/.ray/auth_token); never logged")
     storage_path: str | None = Field(None, description="shared storage for Ray Train; None: checkpoint_root")
     max_failures: int = Field(2, ge=0, description="worker-group restarts before the run fails")
+    min_workers: int | None = Field(None, gt=0, description="elastic: after a lost node the run goes on with as few "
+                                    "as this many workers, keeping the global batch (update_freq); None: fixed")
     resources_per_worker: dict[str, float] = Field(default_factory=dict, description="default: 1 CPU or 1 GPU")
     python: str = "python"
     node_port_base: int | None = Field(None, gt=1024, lt=65000,
