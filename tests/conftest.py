@@ -9,8 +9,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Real services for the integration tests: two-node Slurm and Ray clusters, and an sshd on loopback.
-pytest_plugins = ["tests.fixtures.slurm", "tests.fixtures.sshd", "tests.fixtures.ray_cluster", "tests.faults"]
+# Real services for the integration tests, each on test hosts with their own addresses
+# (tests/fixtures/hosts.py): Slurm and Ray clusters, an sshd on a login host, MLflow servers.
+pytest_plugins = ["tests.fixtures.slurm", "tests.fixtures.sshd", "tests.fixtures.ray_cluster",
+                  "tests.fixtures.mlflow_server", "tests.faults"]
 
 
 @pytest.fixture(autouse=True)
@@ -91,7 +93,7 @@ def local_env(podrun_home: Path, digits_root: Path, monkeypatch: pytest.MonkeyPa
 # run in one worker, so each worker starts at most the clusters its tests need.
 CLUSTER_GROUPS = {"slurm_cluster": "slurm", "ssh_server": "slurm", "ray_cluster": "ray"}
 # What a test marked `fast` may not use (make test-fast: parsing, rendering, config, predict).
-SLOW_FIXTURES = {"slurm_cluster", "ssh_server", "ray_cluster", "mlflow_server", "server", "local_env"}
+SLOW_FIXTURES = {"slurm_cluster", "ssh_server", "ray_cluster", "mlflow_server", "mlflow_host", "server", "local_env"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -39,9 +39,9 @@ def last_logged_step(log: Path) -> int:
     return (int(epoch) - 1) * STEPS_PER_EPOCH + int(step)
 
 
-def test_mlflow_outages_lose_nothing(podrun_home, capsys, tmp_path, monkeypatch, reference):
+def test_mlflow_outages_lose_nothing(podrun_home, capsys, tmp_path, monkeypatch, reference, mlflow_host):
     monkeypatch.setattr(mlflow_server, "SERVER_START_TIMEOUT_S", 300)  # it starts twice, on a busy machine
-    server = MlflowServer(tmp_path)
+    server = MlflowServer(tmp_path, mlflow_host)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
     monkeypatch.setenv("PODRUN_MLFLOW_RETRY_S", "2")
     try:

@@ -31,8 +31,8 @@ UI_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[MlflowServer]:
-    srv = MlflowServer(tmp_path)
+def server(tmp_path: Path, mlflow_host) -> Iterator[MlflowServer]:
+    srv = MlflowServer(tmp_path, mlflow_host)
     srv.start()
     yield srv
     srv.stop()

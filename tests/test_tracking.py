@@ -17,9 +17,9 @@ from tests.fixtures.mlflow_server import MlflowServer
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[MlflowServer]:
+def server(tmp_path: Path, mlflow_host) -> Iterator[MlflowServer]:
     """A server that is NOT started yet: its port refuses connections until .start()."""
-    srv = MlflowServer(tmp_path)
+    srv = MlflowServer(tmp_path, mlflow_host)
     yield srv
     srv.stop()
 

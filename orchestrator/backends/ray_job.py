@@ -65,7 +65,11 @@ def fit_horovod(plan: LaunchPlan) -> int:
 
     job = plan.job
     use_gpu = job.device == "cuda"
-    executor = RayExecutor(RayExecutor.create_settings(timeout_s=600), num_workers=job.world_size,
+    # Several nodes: one placement bundle per host (Horovod's ColocatedStrategy, STRICT_SPREAD), so
+    # the ranks land on their hosts as Ray Train's SPREAD puts them; one node: packed.
+    placement = ({"num_hosts": job.nodes, "num_workers_per_host": job.tasks_per_node} if job.nodes > 1
+                 else {"num_workers": job.world_size})
+    executor = RayExecutor(RayExecutor.create_settings(timeout_s=600), **placement,
                            cpus_per_worker=1, use_gpu=use_gpu, gpus_per_worker=1 if use_gpu else None)
     executor.start()
     try:
