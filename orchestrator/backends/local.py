@@ -49,6 +49,7 @@ EXIT_STATES = {
     exit_codes.REPLACE: PREEMPTED,  # stopped after a checkpoint for a straggler's host: here it just ends (--resume)
 }
 RANK_GRACE_S = 60
+STALL_GRACE_S = 5  # after a rank reports a stall: the others record theirs, then SIGKILL
 POLL_S = 0.05  # how often the supervisor and the log follower look: a job's end is seen within this
 
 
@@ -280,8 +281,10 @@ class Supervisor:
     def _wait(self) -> list[int]:
         """Wait for every rank; if one fails, give the others a grace period, then kill them.
 
-        A rank that reports a stalled peer (the watchdog) gets the others killed at once:
-        a stopped rank cannot checkpoint. A launcher that dies stops the job (after a checkpoint).
+        A rank that reports a stalled peer (the watchdog) gets the others killed after
+        ``STALL_GRACE_S``: a stopped rank cannot checkpoint, but the others' watchdogs fire
+        too and need a moment to record theirs (rank 0 queues the stacks for MLflow).
+        A launcher that dies stops the job (after a checkpoint).
         """
         failed_at: float | None = None
         while any(p.poll() is None for p in self.procs):
@@ -290,8 +293,10 @@ class Supervisor:
                 self._forward(signal.SIGTERM, None)
             if failed_at is None and self._failed():
                 failed_at = time.time()
-                self._signal_all(signal.SIGKILL if self.first_failure[1] == exit_codes.STALLED else signal.SIGTERM)
-            if failed_at and time.time() - failed_at > RANK_GRACE_S:
+                if self.first_failure[1] != exit_codes.STALLED:
+                    self._signal_all(signal.SIGTERM)
+            stalled = self.first_failure is not None and self.first_failure[1] == exit_codes.STALLED
+            if failed_at and time.time() - failed_at > (STALL_GRACE_S if stalled else RANK_GRACE_S):
                 self._signal_all(signal.SIGKILL)
             time.sleep(POLL_S)
         return [p.returncode for p in self.procs]
