@@ -31,8 +31,10 @@ UI_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture
-def server(tmp_path: Path, mlflow_host) -> Iterator[MlflowServer]:
-    srv = MlflowServer(tmp_path, mlflow_host)
+def server(tmp_path: Path) -> Iterator[MlflowServer]:
+    # On loopback, unlike the tracking tests' server (mlflow_host): a page from http://10.x.y.z is not a
+    # browser "secure context", and the UI's logged-models table never showed there (2026-12-05 runs).
+    srv = MlflowServer(tmp_path)
     srv.start()
     yield srv
     srv.stop()
