@@ -13,6 +13,7 @@ from jobs.preflight.record import preflight_record
 from jobs.preflight.result import Report, failed, passed
 from orchestrator.cli import main
 from orchestrator.preflight.policy import Excluded, decide, parse_sinfo_nodes, status_note
+from orchestrator.preflight.ray_tasks import not_started
 from orchestrator.spec.resolve import load_job
 
 pytestmark = pytest.mark.fast  # no cluster, server or training job: make test-fast
@@ -105,6 +106,15 @@ def test_stop_without_exclude_bad_on_ray_or_after_the_requeue_budget():
     spent = decide(failures, exclude_bad=True, can_exclude=True, job_nodes=1, partition=parse_sinfo_nodes(SINFO),
                    excluded=Excluded(requeues=3), max_requeues=3)
     assert spent.action == "stop" and "after 3 requeue(s)" in spent.message
+
+
+def test_a_ray_node_that_starts_no_checker_is_named_with_the_reason():
+    ready = ["ref-h1", "ref-h2", "ref-h3"]  # one per node, in node order
+    failures = not_started(["h1", "h2", "h3"], ready, pending=["ref-h3"], errors={"ref-h2": "ActorDiedError: oom"},
+                           limit=120)
+    assert failures == {"h2": ["start: ActorDiedError: oom"],
+                        "h3": ["start: Ray started no worker on it in 120 s (see its raylet.out)"]}
+    assert not_started(["h1"], ["ref-h1"], pending=[], errors={}, limit=120) == {}
 
 
 def test_excluded_record_and_status_note(tmp_path):

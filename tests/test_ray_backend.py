@@ -78,7 +78,7 @@ def test_readme_ray_job_submit_line_records_the_run_where_the_launcher_says(ray_
     env = {k: v for k, v in ray_cluster.env.items() if not k.startswith(("PODRUN_", "MLFLOW_"))}
     proc = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, out[-3000:] + ray_cluster.logs()
     assert "[ray] finished: reached target" in out and "[done] reached target" in out
     assert ray_cluster.token not in out
     printed = re.search(r"\[ray\] MLflow: (\S+) \(experiment resnet50\)", out).group(1)
