@@ -30,7 +30,8 @@ import pytest
 from jobs.contract import exit_codes
 from jobs.contract.placement import free_port
 from jobs.rank.flight_recorder import dump_file_env, missing_from_collective, read_dump, read_dumps
-from jobs.rank.watchdog import Watchdog, collective_fault_env, where_is
+from jobs.rank.hang_names import where_is
+from jobs.rank.watchdog import Watchdog, collective_fault_env
 from tests.faults import LOCAL_JOB, REPO, job_processes, rank_pids, wait_for_step
 from tests.waiting import wait_state, wait_until
 

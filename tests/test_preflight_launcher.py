@@ -144,3 +144,6 @@ def test_training_records_the_preflight_phase(tmp_path):
         ("preflight/report.txt", "preflight"), ("preflight/slurm-7-0/report.txt", "preflight/slurm-7-0"),
         ("preflight/slurm-7-1/report.txt", "preflight/slurm-7-1")]
     assert preflight_record(tmp_path / "nothing") is None
+    # what the batch script reads before a restart inside the allocation: the failed nodes, one a line
+    assert (folder / "slurm-7-0" / "failed-nodes.txt").read_text() == "node2\n"
+    assert (folder / "slurm-7-1" / "failed-nodes.txt").read_text() == ""

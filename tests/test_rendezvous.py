@@ -18,6 +18,24 @@ def test_the_route_to_an_address_names_the_interface():
     assert interface_toward("no-such-host.invalid") is None
 
 
+@pytest.mark.fast
+def test_a_host_name_that_resolves_to_loopback_takes_a_network_card_and_says_so(monkeypatch, capsys):
+    """Debian's ``127.0.1.1 <hostname>`` line (or a resolver's bad moment): gloo would bind ``lo`` and
+    advertise 127.0.0.1 to the other nodes. The card that is up is taken instead."""
+    import socket
+
+    import psutil
+
+    cards = [name for name, up in psutil.net_if_stats().items() if up.isup and name != "lo"]
+    if not cards:
+        pytest.skip("this machine has no network card that is up")
+    real = socket.gethostbyname
+    monkeypatch.setattr(socket, "gethostbyname", lambda name: "127.0.1.1" if name == "node1" else real(name))
+    assert interface_toward("node1") in cards
+    assert "node1 resolves to 127.0.1.1" in capsys.readouterr().err
+    assert interface_toward("127.0.0.1") == "lo" and interface_toward("localhost") == "lo"  # a one-node job's
+
+
 @pytest.mark.parametrize("env, chosen", [
     ({}, "lo"),  # nothing named: the interface toward the rendezvous address, for gloo, NCCL and Horovod
     ({"NCCL_SOCKET_IFNAME": "ib0"}, "ib0"),  # the profile's choice is kept and reused for the others

@@ -19,6 +19,7 @@ from jobs.contract.preflight_spec import CHECKS
 
 Status = Literal["pass", "FAIL", "skipped"]
 REPORT_JSON, REPORT_TXT = "report.json", "report.txt"
+FAILED_NODES = "failed-nodes.txt"
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,10 @@ class Report:
             raise ValueError(f"not a preflight report: {exc}") from None
 
     def write(self, folder: Path) -> None:
-        """Write ``report.json`` and ``report.txt`` into ``folder`` (each whole or not at all)."""
-        for name, text in ((REPORT_JSON, self.to_json()), (REPORT_TXT, self.table())):
+        """Write ``report.json``, ``report.txt`` and ``failed-nodes.txt`` (one node a line, for the batch
+        script's restart) into ``folder``, each whole or not at all."""
+        failed_nodes = "".join(f"{node}\n" for node in sorted(self.failures()))
+        for name, text in ((REPORT_JSON, self.to_json()), (REPORT_TXT, self.table()), (FAILED_NODES, failed_nodes)):
             atomic_write_bytes(Path(folder) / name, lambda handle, text=text: handle.write(text.encode()))
 
 

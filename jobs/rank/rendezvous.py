@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ def interface_toward(address: str) -> str | None:
     """The name of the interface this host reaches ``address`` through (None when it cannot tell).
 
     A UDP socket's ``connect`` picks the route and the local address without sending a packet.
+    A host name that resolves to a loopback address (Debian's ``127.0.1.1 <hostname>`` line, or a
+    resolver that answers so for a moment) cannot be where the ranks of several nodes meet: then
+    the first network card that is up is taken, and a line says so.
     """
     import psutil
 
@@ -52,10 +56,24 @@ def interface_toward(address: str) -> str | None:
             local = probe.getsockname()[0]
     except OSError:
         return None
-    for name, addresses in psutil.net_if_addrs().items():
+    cards = psutil.net_if_addrs()
+    if _loopback(target) and not _loopback(address) and address != "localhost":
+        up = psutil.net_if_stats()
+        found = sorted(name for name, entries in cards.items() if up.get(name) and up[name].isup and any(
+            entry.family == socket.AF_INET and not _loopback(entry.address) for entry in entries))
+        if found:
+            print(f"[rendezvous] {address} resolves to {target} on {socket.gethostname()}, which no other node "
+                  f"can reach: using {found[0]} (set GLOO_SOCKET_IFNAME in the profile's env, or fix /etc/hosts)",
+                  file=sys.stderr, flush=True)
+            return found[0]
+    for name, addresses in cards.items():
         if any(entry.family == socket.AF_INET and entry.address == local for entry in addresses):
             return name
     return None
+
+
+def _loopback(address: str) -> bool:
+    return address.startswith("127.")
 
 
 def interface_env(env: dict[str, str], address: str | None) -> dict[str, str]:

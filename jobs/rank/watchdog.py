@@ -5,7 +5,7 @@ Every rank runs a :class:`Watchdog` thread. The training loop tells it where it 
 writes a heartbeat every few seconds to ``<job_dir>/heartbeats/rank-<r>.json``: rank, host,
 pid, position, time, and where the loop's thread is (its innermost line, the innermost line
 of podrun's or the recipe's own code, and its state: in a collective or not; see
-:func:`where_is`). When a rank's own position has not moved for ``watchdog_timeout_s`` (the
+:func:`jobs.rank.hang_names.where_is`). When a rank's own position has not moved for ``watchdog_timeout_s`` (the
 job spec's key; 0 turns it off), its thread reads every heartbeat and names, in one line,
 each rank that does not progress, culprits first:
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import faulthandler
 import json
-import linecache
 import os
 import socket
 import sys
@@ -48,16 +47,22 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from jobs.rank.flight_recorder import (
-    compact_ranks,
     dump_file_env,
     dump_trace,
     flight_recorder_env,
     missing_from_collective,
     read_dumps,
+)
+from jobs.rank.hang_names import (
+    culprit_part,
+    named_parts,
+    ranks_word,
+    stopped_part,
+    waiter_part,
+    where_is,
 )
 
 HEARTBEAT_DIR = "heartbeats"
@@ -67,13 +72,8 @@ POLL_S = 1.0  # how often every rank looks for a request to dump its stacks (one
 HANG_WAIT_ENV = "PODRUN_HANG_WAIT_S"
 DEFAULT_HANG_WAIT_S = 5.0
 FOLLOW_MARGIN_S = 10.0  # rank 0 waits this much longer than the firing rank for that rank's summary
-MAX_FRAMES = 64  # how deep a heartbeat looks into the loop's stack
 NAMED_ONE_BY_ONE = 8  # culprits named one by one; the others share a part per line they are at
 WAITERS_ONE_BY_ONE = 4  # ranks that wait in a collective: one by one up to this many, else a part per line
-REPO = Path(__file__).resolve().parents[2]
-# Where the loop waits for the other ranks, by the innermost frame's file (see where_is).
-COLLECTIVE_FILES = {"/torch/distributed/": "torch.distributed", "/jobs/rank/dist.py": "podrun",
-                    "/torch/nn/parallel/distributed.py": "DDP", "/horovod/": "Horovod"}
 
 
 def collective_fault_env() -> dict[str, str]:
@@ -96,63 +96,6 @@ def hang_wait_s() -> float:
         return max(float(os.environ.get(HANG_WAIT_ENV, DEFAULT_HANG_WAIT_S)), 0.0)
     except ValueError:
         return DEFAULT_HANG_WAIT_S
-
-
-# ------------------------------------------------------------------ where a thread is
-
-
-def where_is(frame: FrameType | None, world_size: int) -> dict[str, str]:
-    """Where a thread is (its innermost frame first): its line, our own code's line, and its state.
-
-    ``state`` is ``collective`` when the innermost frame waits for the other ranks
-    (torch.distributed, podrun's collectives, DDP's own, Horovod, or backward under DDP,
-    where the gradients are all-reduced), else ``running``.
-    """
-    frames = []
-    while frame is not None and len(frames) < MAX_FRAMES:
-        frames.append(frame)
-        frame = frame.f_back
-    if not frames:
-        return {"state": "unknown", "line": "?"}
-    top = frames[0]
-    where = {"state": "running", "line": _line(top), "code": _source(top)}
-    collective = _collective(top, world_size)
-    if collective:
-        where |= {"state": "collective", "collective": collective}
-    own = next((f for f in frames if _own_code(f.f_code.co_filename)), None)
-    if own is not None and own is not top:
-        where |= {"caller": _line(own), "caller_code": _source(own)}
-    return where
-
-
-def _collective(frame: FrameType, world_size: int) -> str | None:
-    path = frame.f_code.co_filename.replace(os.sep, "/")
-    for part, owner in COLLECTIVE_FILES.items():
-        if part in path:
-            return f"{owner} {frame.f_code.co_name}"
-    if world_size > 1 and "/torch/autograd/" in path:
-        return "backward: DDP all-reduces the gradients there"
-    return None
-
-
-def _own_code(path: str) -> bool:
-    return path.startswith(str(REPO)) and "site-packages" not in path
-
-
-def _line(frame: FrameType) -> str:
-    return f"{short_path(frame.f_code.co_filename)}:{frame.f_lineno} in {frame.f_code.co_name}"
-
-
-def _source(frame: FrameType) -> str:
-    return linecache.getline(frame.f_code.co_filename, frame.f_lineno).split("  #")[0].strip()[:100]
-
-
-def short_path(path: str) -> str:
-    """A file as a reader finds it: relative to the repository, or from ``site-packages/`` on."""
-    if _own_code(path):
-        return os.path.relpath(path, REPO)
-    head, found, tail = path.partition("site-packages/")
-    return tail if found else path
 
 
 # ------------------------------------------------------------------ the watchdog
@@ -282,14 +225,14 @@ class Watchdog:
         culprits = {rank: beat for rank, beat in alive.items()
                     if beat.get("position", -1) < furthest or beat.get("state") != "collective"}
         waiting = {rank: beat for rank, beat in alive.items() if rank not in culprits}
-        parts = [_stopped(rank, beats[rank], age) for rank, age in sorted(stale.items())]
+        parts = [stopped_part(rank, beats[rank], age) for rank, age in sorted(stale.items())]
         if missing:
-            parts.append(f"{_ranks_word(missing)} never wrote a heartbeat (stopped, or hangs before training)")
-        parts += _named(culprits, lambda rank, beat: _culprit(rank, beat, furthest), NAMED_ONE_BY_ONE)
+            parts.append(f"{ranks_word(missing)} never wrote a heartbeat (stopped, or hangs before training)")
+        parts += named_parts(culprits, lambda rank, beat: culprit_part(rank, beat, furthest), NAMED_ONE_BY_ONE)
         if not parts:
             parts.append(f"all {self.world_size} ranks are alive in a collective at micro-batch {furthest} and none "
                          "moves: a hung collective, network or file system")
-        parts += _named(waiting, _waiter, NAMED_ONE_BY_ONE if len(waiting) <= WAITERS_ONE_BY_ONE else 0)
+        parts += named_parts(waiting, waiter_part, NAMED_ONE_BY_ONE if len(waiting) <= WAITERS_ONE_BY_ONE else 0)
         return f"{head}; {'; '.join(parts)}"
 
     def _fire(self, stalled_for: float) -> None:
@@ -329,9 +272,9 @@ class Watchdog:
         silent = [rank for rank in range(self.world_size) if rank not in answered]
         dumps = read_dumps([folder, self.hang_root], since=self.started_at)  # NCCL's own, if it timed out first
         findings = missing_from_collective(dumps, self.world_size)
-        where = f"stacks of {_ranks_word(sorted(answered))} in {folder}"
+        where = f"stacks of {ranks_word(sorted(answered))} in {folder}"
         if silent:
-            where += f" (none from {_ranks_word(silent)}: stopped or did not answer within {hang_wait_s():g} s)"
+            where += f" (none from {ranks_word(silent)}: stopped or did not answer within {hang_wait_s():g} s)"
         for finding in findings:
             say(f"[watchdog] flight recorder: {finding}")
         say(f"[watchdog] {where}")
@@ -400,63 +343,6 @@ class Watchdog:
             out.flush()
             faulthandler.dump_traceback(file=out, all_threads=True)
         os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------ the message's parts
-
-
-def _stopped(rank: int, beat: dict[str, Any], age: float) -> str:
-    return (f"rank {rank} on {_host(beat)} stopped responding: its last heartbeat is {age:.0f} s old (stopped, "
-            f"frozen, or its host is down), its last known line {_at(beat)}")
-
-
-def _culprit(rank: int, beat: dict[str, Any], furthest: int) -> str:
-    position = beat.get("position", -1)
-    if position < furthest:
-        state = f"is alive but never reached micro-batch {furthest} (it is at {position})"
-    else:
-        state = "is alive but not in the collective the others wait in (it hangs in its own code or I/O)"
-    return f"rank {rank} on {_host(beat)} {state}, at {_at(beat)}"
-
-
-def _waiter(rank: int, beat: dict[str, Any]) -> str:
-    return f"rank {rank} on {_host(beat)} is alive, in a collective ({beat.get('collective', '?')}), at {_at(beat)}"
-
-
-def _named(beats: dict[int, dict[str, Any]], one: Callable[[int, dict[str, Any]], str], one_by_one: int) -> list[str]:
-    """A part per rank for the first ``one_by_one``; the others grouped by the line they are at (a thousand ranks)."""
-    ranks = sorted(beats)
-    parts = [one(rank, beats[rank]) for rank in ranks[:one_by_one]]
-    groups: dict[tuple[str, str], list[int]] = {}
-    for rank in ranks[one_by_one:]:
-        beat = beats[rank]
-        doing = f"in a collective ({beat.get('collective', '?')})" if beat.get("state") == "collective" \
-            else "not in a collective"
-        groups.setdefault((doing, _at(beat)), []).append(rank)
-    for (doing, at), members in groups.items():
-        hosts = sorted({str(beats[rank].get("host", "?")) for rank in members})
-        on = f"host {hosts[0]}" if len(hosts) == 1 else f"{len(hosts)} hosts"
-        also = "also " if parts else ""
-        parts.append(f"{also}{_ranks_word(members)} on {on}: alive, {doing}, at {at}")
-    return parts
-
-
-def _ranks_word(ranks: list[int]) -> str:
-    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {compact_ranks(ranks)}"
-
-
-def _host(beat: dict[str, Any]) -> str:
-    return f"host {beat.get('host', '?')} (pid {beat.get('pid', '?')})"
-
-
-def _at(beat: dict[str, Any]) -> str:
-    """``FILE:LINE in FUNC [source]``, and our own code's line when the innermost is someone else's."""
-    text = str(beat.get("line", "?"))
-    if beat.get("code"):
-        text += f" [{beat['code']}]"
-    if beat.get("caller"):
-        text += f", called from {beat['caller']}"
-    return text
 
 
 def _uses_nccl() -> bool:
