@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +88,23 @@ def local_env(podrun_home: Path, digits_root: Path, monkeypatch: pytest.MonkeyPa
     """The local profile pointed at the digits data and an isolated home."""
     monkeypatch.setenv("PODRUN_DATA", str(digits_root))
     return podrun_home
+
+
+# What jobs.rank.dist.init_distributed writes into os.environ (a rank owns its process). A test that runs a
+# rank in this process must not hand them on: sbatch exports the environment and `ray start` inherits it, and a
+# GLOO_SOCKET_IFNAME=lo left by an in-process test made the next 2-host jobs of this worker bind loopback.
+RANK_ENV = ("MASTER_ADDR", "MASTER_PORT", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "HOROVOD_GLOO_IFACE")
+
+
+@pytest.fixture(autouse=True)
+def rank_env_restored() -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in RANK_ENV}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 # pytest-xdist (make test runs -n 2 --dist loadgroup): the tests that share a real cluster
