@@ -286,15 +286,26 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    """Send what a job's spool kept: records from an outage, and the model and run page a job left for after its ranks.
+
+    The spool is the job's folder on the cluster's storage when this machine sees it. A job
+    that has ended also gets ``device_release_s`` (to the end the scheduler recorded) if
+    nobody measured it.
+    """
     from jobs.tracking.spool import spool_pending
     from jobs.tracking.tracker import replay_spool
 
-    _, record = _record(args.job_id)
-    spool = Path(record.job_dir) / "mlflow-spool"
+    backend, record = _record(args.job_id)
+    spool = Path(record.extra.get("cluster_job_dir", record.job_dir)) / "mlflow-spool"
     if not spool_pending(spool):
         print(f"{record.job_id}: nothing kept, every record reached MLflow")
         return 0
-    sent = replay_spool(spool)
+    try:
+        record = backend.status(record)
+    except PodrunError:  # the scheduler is away: the records go anyway, without the release time
+        pass
+    ended = record.extra.get("ended_at") or record.finished_at
+    sent = replay_spool(spool, released_at=ended, run_info_dir=Path(record.checkpoint_dir))
     print(f"{record.job_id}: sent {sent} kept record(s) to MLflow")
     return 0
 

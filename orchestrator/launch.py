@@ -3,22 +3,25 @@
 It resolves the job (spec, recipe, profile, ``--set``), checks that the data is there,
 applies the preflight choice, submits to the backend, follows the job in the terminal
 (:mod:`orchestrator.console`, which only prints) and, once the job has ended, records the
-launcher's phases in the job's MLflow run (:mod:`orchestrator.studies.run_phases`).
+launcher's phases in the job's MLflow run (:mod:`orchestrator.studies.run_phases`) and sees
+that the run's last records (the model, the run page) reach MLflow (:func:`finish_run`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.contract import exit_codes
+from jobs.tracking.spool import Spool, SpoolError
 from orchestrator.backends import get_backend
 from orchestrator.console import follow_job, print_summary
 from orchestrator.errors import DataError, PodrunError
 from orchestrator.spec.jobspec import LaunchPlan
 from orchestrator.spec.jobstore import JobRecord, is_terminal
-from orchestrator.studies.run_phases import record_phases
+from orchestrator.studies.run_phases import load_charts_early, record_phases
 
 
 @dataclass
@@ -108,9 +111,69 @@ def launch(request: LaunchRequest, on_submitted: Callable[[LaunchPlan, JobRecord
         backend.detach(record)
         print(f"follow it with: podrun logs {record.job_id} -f")
         return exit_codes.SUCCESS
-    code, ended = follow_job(backend, record)
-    if ended is not None and is_terminal(ended.state):
-        record_phases(ended, say=lambda text: print(text, flush=True))
+    # On the local backend rank 0's sender finishes the run once the ranks exit: it waits for our phases.
+    attached = Spool(Path(record.job_dir) / "mlflow-spool") if record.backend == "local" else None
+    if attached is not None:
+        attached.attach_launcher()
+    try:
+        code, ended = follow_job(backend, record, on_line=_on_run_stop(load_charts_early))
+        if ended is not None and is_terminal(ended.state):
+            finish_run(ended, say=lambda text: print(text, flush=True))
+            ended = backend.status(ended)  # no longer "registering"
+    finally:
+        if attached is not None:
+            attached.detach_launcher()
     if ended is not None:
         print_summary(ended)  # last: the commands to copy end the output
     return code
+
+
+def _on_run_stop(then: Callable[[], None]) -> Callable[[str], None]:
+    """A line watcher that calls ``then`` once, at rank 0's ``[done]`` line (the run has stopped)."""
+    seen: list[bool] = []
+
+    def watch(line: str) -> None:
+        if not seen and line.startswith("[done]"):
+            seen.append(True)
+            then()
+
+    return watch
+
+
+def local_spool(record: JobRecord) -> Spool | None:
+    """The job's MLflow spool where this machine can read it (not on a cluster reached over SSH)."""
+    if record.extra.get("login"):
+        return None
+    folder = Path(record.extra.get("cluster_job_dir", record.job_dir))
+    return Spool(folder / "mlflow-spool") if folder.is_dir() else None
+
+
+def finish_run(ended: JobRecord, say: Callable[[str], None]) -> None:
+    """Once the job has ended: its phases, then the records the ranks left (the model, the run page).
+
+    They are sent from here, off the allocation; on the local backend rank 0's sender is at
+    it already and this waits for it. ``device_release_s`` is ``run_stop`` to the job's end
+    as the scheduler saw it (Slurm: the allocation's ``EndTime``) where nobody measured it closer.
+    """
+    spool = local_spool(ended)
+    spool = spool if spool is not None and spool.exists() else None
+    record_phases(ended, say=say, spool=spool)
+    if spool is None:
+        return
+    from jobs.contract.metrics import DEVICE_RELEASE
+    from jobs.tracking.sender import library_output, replay_spool
+    from jobs.tracking.system_metrics import tracking_log
+
+    spool.detach_launcher()
+    started = time.monotonic()
+    try:
+        with library_output(tracking_log(spool.root.parent)):
+            sent = replay_spool(spool.root, released_at=ended.extra.get("ended_at") or ended.finished_at,
+                                run_info_dir=Path(ended.checkpoint_dir))
+    except SpoolError as exc:
+        say(f"[mlflow] records kept for podrun sync: {exc}")
+        return
+    release = spool.read_meta().get(DEVICE_RELEASE)
+    released = f"the ranks exited {release:.1f} s after run_stop; " if release is not None else ""
+    say(f"[mlflow] {released}the run's last records reached MLflow {time.monotonic() - started:.1f} s after "
+        f"the job ended ({sent} sent from here)")

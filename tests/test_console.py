@@ -142,4 +142,5 @@ def test_the_demo_through_tee_ends_in_lines_that_paste(local_env, tmp_path):
     assert f"# MLflow's own log lines: {tracking_log}" in tail
     diverted = tracking_log.read_text()
     assert "Successfully registered model 'resnet50'" in diverted and "INFO mlflow.system_metrics" in diverted
-    assert "[mlflow] run recorded" in text  # podrun's own MLflow lines stay
+    assert "[mlflow] run ended" in text  # podrun's own MLflow lines stay
+    assert "the run's last records reached MLflow" in text

@@ -45,7 +45,7 @@ class RecordingTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.metrics |= metrics
 
-    def finish(self, status: str) -> bool:
+    def finish(self, status: str, after_release: tuple = ()) -> bool:
         return True
 
     def __getattr__(self, name: str):

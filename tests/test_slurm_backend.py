@@ -81,7 +81,9 @@ def test_two_node_job_reaches_target_and_preempted_job_resumes_to_the_same_resul
     assert "job.sbatch" in {a.path for a in client.list_artifacts(run_id)}
     # one system-metrics monitor per node: rank 0's sender (node_0) and node 2's local rank 0 (node_1)
     assert {f"system/node_{i}/cpu_utilization_percentage" for i in (0, 1)} <= set(run.data.metrics)
-    assert client.get_model_version("resnet50", "1").run_id == run_id  # the model, registered after run_stop
+    version = client.get_model_version("resnet50", "1")  # the model, registered by the launcher after the job
+    assert version.run_id == run_id and version.creation_timestamp / 1000 >= plain.finished_at
+    assert 0 <= run.data.metrics["device_release_s"] < 60  # run_stop to the allocation's EndTime
     assert (Path(plain.extra["cluster_job_dir"]) / "job.sbatch").is_file()
 
     # Preempted mid-run with USR2 to the batch shell: requeued, resumed, same result.

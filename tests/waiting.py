@@ -27,12 +27,21 @@ def wait_until(check: Callable[[], object], what: str, timeout: float, every: fl
     raise AssertionError(f"waited {timeout:.0f} s for {what}")
 
 
-def wait_state(job_id: str, capsys, states: set[str] = TERMINAL, timeout: float = 300) -> str:
-    """Poll ``podrun status`` until the job is in one of ``states``; return the status line."""
+BUSY_REGISTERING = "registering: the model and run page are going to MLflow"
+
+
+def wait_state(job_id: str, capsys, states: set[str] = TERMINAL, timeout: float = 300, settle: bool = True) -> str:
+    """Poll ``podrun status`` until the job is in one of ``states``; return the status line.
+
+    With ``settle``, an ended job whose last MLflow records are still being sent (the ranks
+    have exited; rank 0's sender or the launcher is at it) is waited for too.
+    """
 
     def status_line() -> str | None:
         main(["status", job_id])
         line = capsys.readouterr().out.strip()
+        if settle and BUSY_REGISTERING in line:
+            return None
         return line if line.split()[1] in states else None
 
     return wait_until(status_line, f"job {job_id} in {sorted(states)}", timeout, every=1.0)

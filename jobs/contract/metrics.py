@@ -18,6 +18,7 @@ BEST_METRIC = "best_metric"
 EPOCHS_RUN = "epochs_run"
 TIME_LOST = "time_lost_s"  # wall time between a checkpoint and the restart that resumed it
 WALL_TIME = "wall_time_s"  # submission to the end, requeues included (the launcher's phases)
+DEVICE_RELEASE = "device_release_s"  # run_stop to the exit of the last rank (Slurm: the allocation's end)
 STRAGGLER_RATIO = "straggler_ratio"  # the slowest rank's time outside collectives over the median's, per log window
 RESULT_SECTION = "result/"  # listed first in the MLflow UI's Model metrics tab
 _PHASE = re.compile(r"^phase_(.+)_s$")

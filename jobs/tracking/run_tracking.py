@@ -116,9 +116,11 @@ def open_tracker(job: ResolvedJob) -> Tracker:
     """
     run_info = read_run_info(Path(job.checkpoint_dir))
     print(f"[mlflow] the run goes to {display_uri(job.tracking_uri)} (experiment {job.experiment})", flush=True)
+    # Only the local backend lets the sender outlive its rank (a Slurm step or a Ray worker ends with its processes).
+    finish_here = ("--finish-here",) if job.backend == "local" else ()
     return Tracker(job.tracking_uri, job.experiment, Path(job.job_dir) / "mlflow-spool",
                    run_id=run_info.get("mlflow_run_id"), run_name=job.name, background=True,
-                   run_info_dir=Path(job.checkpoint_dir), sender_args=system_metrics.sender_args(job))
+                   run_info_dir=Path(job.checkpoint_dir), sender_args=system_metrics.sender_args(job) + finish_here)
 
 
 def log_hang_files(tracker: Tracker, folder: Path) -> int:
@@ -190,7 +192,13 @@ class RunTracking:
 
     def finish(self, code: int, time_to_train: float, state: LoopState, mllog_path: Path,
                val_loader: Any = None) -> None:
-        """Log the run's result, artifacts, model and run page (all after ``run_stop``), then end the run."""
+        """Log the run's result and artifacts (all after ``run_stop``), end the run, then queue the model and run page.
+
+        The rank waits only for the records up to the end; the model and the run page are sent
+        once every rank has exited (:mod:`jobs.tracking.sender`), so the devices are not held
+        while a model is exported: on the local backend by this rank's sender, which outlives
+        it, elsewhere by the launcher, the Ray driver or ``podrun sync``.
+        """
         metrics = {names.BEST_METRIC: state.best_metric, names.EPOCHS_RUN: state.epoch,
                    names.TIME_LOST: state.time_lost_s,
                    names.mean_throughput(self.task.unit): state.items / max(time_to_train, 1e-9)}
@@ -209,25 +217,30 @@ class RunTracking:
             self.tracker.log_artifact(timeline, "horovod")
         if Path(mllog_path).is_file():
             self.tracker.log_artifact(Path(mllog_path), "mlperf")
+        after_release = []
         if code == exit_codes.SUCCESS and self.job.registry.enabled and val_loader is not None:
-            self._queue_model(state, metrics, val_loader, time_to_train)
-        self.tracker.log_record(run_page_record(self.job, code))
+            after_release += self._model_record(state, metrics, val_loader, time_to_train)
+        after_release.append(run_page_record(self.job, code))
         started = time.monotonic()
-        sent = self.tracker.finish(RUN_STATUS.get(code, "FAILED"))
+        sent = self.tracker.finish(RUN_STATUS.get(code, "FAILED"), tuple(after_release))
+        later = ("the model and run page" if len(after_release) > 1 else "the run page") + " once the ranks have exited"
+        if self.job.backend == "local":  # the sender outlives this rank and sends it all
+            print(f"[mlflow] run ended: its last records and {later} go to MLflow from rank 0's sender", flush=True)
+            return
         what = "run recorded" if sent else "records kept for podrun sync"
         print(f"[mlflow] {what}: the sender took {time.monotonic() - started:.1f} s after the run ended "
-              "(last records, model, run page)", flush=True)
+              f"(last records; {later}, from outside the allocation)", flush=True)
 
-    def _queue_model(self, state: LoopState, metrics: dict[str, float], val_loader: Any, time_to_train: float
-                     ) -> None:
-        """Save a validation batch and queue the model record (the sender logs and registers it)."""
+    def _model_record(self, state: LoopState, metrics: dict[str, float], val_loader: Any, time_to_train: float
+                      ) -> list[dict[str, Any]]:
+        """Save a validation batch; the model record (logged and registered after the ranks exit), or none."""
         from jobs.tracking.model_inputs import save_validation_batch
 
         checkpoint = latest_checkpoint(self.ckpt_dir)
         inputs = save_validation_batch(self.task, val_loader, state.epoch, self.job_dir / "model-inputs.npz")
         if checkpoint is None or inputs is None:
             print("[mlflow] model not logged: no final checkpoint or no validation batch", flush=True)
-            return
+            return []
         result = result_line(run_page_record(self.job, exit_codes.SUCCESS), state.evals, metrics)
         result += f"; time to train {time_to_train:.1f} s; run {self.tracker.run_id or '?'} (job {self.job.job_id})"
-        self.tracker.log_record(model_record(self.job, checkpoint, inputs, result))
+        return [model_record(self.job, checkpoint, inputs, result)]

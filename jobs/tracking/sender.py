@@ -9,34 +9,57 @@ MLflow itself rejects is skipped with a warning. It runs in three places:
 * as rank 0's sender process, ``python -m jobs.tracking.sender SPOOL`` (what a training run uses):
   it follows ``records.jsonl`` while the rank appends to it and drains it when the rank
   finishes or dies, so neither MLflow's import nor its requests touch the training loop.
+  It runs at a lower priority (``nice`` +10) than the ranks, whose start-up it would slow.
   MLflow's and SQLAlchemy's own output goes to ``--log-file`` (the job's ``logs/tracking.log``),
   podrun's warnings to the rank log;
 * in ``podrun sync`` (:func:`replay_spool`), for what an outage left behind.
+
+The run's ``model`` and ``run_page`` records come after its ``end`` and wait until every rank
+has exited (:func:`finish_spool`): exporting and registering a model takes seconds to tens of
+seconds, which the GPUs would otherwise spend idle. The rank waits only for the records
+before them (``--ack-fd`` says when). Where the sender may outlive its rank (the local
+backend: ``--finish-here``), it then leaves the rank's session, waits for the ranks to exit,
+records ``device_release_s`` and sends the rest itself, already warm (MLflow imported, the
+store open, matplotlib loaded for the run page's charts during the run); elsewhere (a Slurm
+step or a Ray worker ends with its processes) it exits, and ``podrun launch``, the Ray driver
+or ``podrun sync`` sends them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
+import resource
 import select
 import shutil
+import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from jobs.contract import metrics as names
+from jobs.contract.checkpoint_index import read_run_info
 from jobs.contract.secret_filter import export_credentials, install_log_masking, split_credentials
 from jobs.tracking import mlflow_send
 from jobs.tracking.mlflow_errors import describe, is_permanent, limit_http_retries
 from jobs.tracking.mlflow_send import METRICS_PER_BATCH
-from jobs.tracking.spool import META_FILE, Spool, SpoolError
+from jobs.tracking.spool import AFTER_RELEASE, META_FILE, Spool, SpoolError
 from jobs.tracking.system_metrics import divert_library_output, ignore_stop_signals
 
 log = logging.getLogger("jobs.tracking.tracker")
 
 OnRun = Callable[[str, "str | None"], None]
+SENDER_NICE = 10  # below the ranks: MLflow's import and the store's opening wait for a free core
+RANKS_FILE = "ranks.json"  # the local supervisor's record of its rank pids (orchestrator.backends.lifeline)
+JOB_FILE = "job.json"  # the job's record, where the supervisor writes finished_at (orchestrator.spec.jobstore)
+RANKS_EXIT_WAIT_S = 120  # how long a finisher waits for the ranks to exit before it sends anyway
+LAUNCHER_WAIT_S = 60  # how long a finisher waits for an attached launcher's phases
+POLL_S = 0.02
 
 
 class Sender:
@@ -56,6 +79,8 @@ class Sender:
         self._offset = 0
         self._sent_seq = 0
         self.ended = False
+        self.hold = False  # a rank's sender: keep the records after the run's end (AFTER_RELEASE) for a finisher
+        self.finish_here = False  # this sender may outlive its rank, and sends them itself
 
     def load_unsent(self) -> None:
         """Read every record the spool holds beyond the sent watermark."""
@@ -79,6 +104,14 @@ class Sender:
         """The run's end record went out: nothing more will come."""
         return not self.pending and self.ended
 
+    @property
+    def released(self) -> bool:
+        """Everything up to the run's end went out; what is left waits for the ranks to exit."""
+        return self.ended and bool(self.pending) and self._held(self.pending[0])
+
+    def _held(self, record: dict[str, Any]) -> bool:
+        return self.hold and self.ended and record["kind"] in AFTER_RELEASE
+
     def warm_up(self) -> None:
         """Import MLflow and open the store now, while the rank starts, instead of at the first record."""
         try:
@@ -94,7 +127,7 @@ class Sender:
             return False
         try:
             client = self._connect()
-            while self.pending:
+            while self.pending and not self._held(self.pending[0]):
                 self._send_group(client, self._next_group())
         except Exception as exc:  # noqa: BLE001 - unreachable, 5xx, timeouts: keep and retry
             self._go_offline(exc)
@@ -104,7 +137,13 @@ class Sender:
 
     def mark_done(self) -> None:
         """Record that the run's records all reached the server."""
-        self.meta["done"] = True
+        self.meta["done"], self.meta["done_at"] = True, round(time.time(), 3)
+        self.meta.pop("registering", None)
+        self.spool.write_meta(self.meta)
+
+    def mark_registering(self) -> None:
+        """Record that the ranks' records went out and the model and run page wait (``podrun status``)."""
+        self.meta["registering"] = True
         self.spool.write_meta(self.meta)
 
     # ----------------------------------------------------------------- internals
@@ -222,46 +261,104 @@ def open_sender(spool_dir: Path, tracking_uri: str | None = None, **kwargs: Any)
     return sender
 
 
-def replay_spool(spool_dir: Path, tracking_uri: str | None = None) -> int:
-    """Send what a spool kept (``podrun sync``); returns the number of records sent.
+def replay_spool(spool_dir: Path, tracking_uri: str | None = None, released_at: float | None = None,
+                 run_info_dir: Path | None = None) -> int:
+    """Send what a spool kept (``podrun sync``, and every finisher); returns the number of records sent.
 
     The run is created if it never was; afterwards the spool is marked done, and a second
     replay sends nothing. ``tracking_uri`` defaults to the one in the spool's meta.json.
+    While another finisher sends this spool, it waits for it (the model is registered once).
+    With ``released_at`` (when the last rank exited) and ``run_info_dir`` (the checkpoint
+    folder, whose run.json holds ``run_stop``), ``device_release_s`` is recorded first.
 
     Raises:
         SpoolError: no spool at ``spool_dir``, or records remain because the server is
             still unreachable (those sent so far are not sent again).
     """
-    sender = open_sender(Path(spool_dir), tracking_uri, retry_interval_s=0.0)
-    if sender.pending and not sender.flush(force=True):
-        raise SpoolError(
-            f"{spool_dir}: sent {sender.records_sent} record(s), {len(sender.pending)} still kept; "
-            f"MLflow at {sender.meta['tracking_uri']} failed ({sender.last_error}); "
-            "run `podrun sync` again when it is reachable"
-        )
-    sender.mark_done()
-    return sender.records_sent
+    spool = Spool(spool_dir)
+    if not spool.exists():
+        raise SpoolError(f"{spool_dir}: no tracking spool here ({META_FILE} is missing)")
+    with spool.finishing():
+        # a run first created here (its sender died before) is named in run.json, as the sender would
+        sender = open_sender(Path(spool_dir), tracking_uri, retry_interval_s=0.0, on_run=write_run_id(run_info_dir))
+        if released_at is not None and run_info_dir is not None:
+            record_release(sender, run_info_dir, released_at)
+        if sender.pending and not sender.flush(force=True):
+            raise SpoolError(
+                f"{spool_dir}: sent {sender.records_sent} record(s), {len(sender.pending)} still kept; "
+                f"MLflow at {sender.meta['tracking_uri']} failed ({sender.last_error}); "
+                "run `podrun sync` again when it is reachable"
+            )
+        sender.mark_done()
+        return sender.records_sent
+
+
+@contextlib.contextmanager
+def library_output(log_file: Path) -> Iterator[None]:
+    """Meanwhile, MLflow's prints and log lines go to ``log_file`` (the job's ``logs/tracking.log``), not the console.
+
+    For a finisher that is not the sender process (the launcher, the Ray driver), whose own
+    output must stay where it is.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", encoding="utf-8", errors="backslashreplace") as file:
+        handlers = [handler for name in ("mlflow", "alembic", "sqlalchemy", "")
+                    for handler in logging.getLogger(name).handlers
+                    if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)]
+        streams = [handler.setStream(file) for handler in handlers]
+        try:
+            with contextlib.redirect_stdout(file), contextlib.redirect_stderr(file):
+                yield
+        finally:
+            for handler, stream in zip(handlers, streams):
+                if stream is not None:
+                    handler.setStream(stream)
+
+
+def device_release_s(run_info_dir: Path, released_at: float) -> float | None:
+    """Seconds from ``run_stop`` (the phases' end in run.json) to ``released_at``; None without run.json."""
+    phases_at = read_run_info(Path(run_info_dir)).get("phases_at")
+    return None if phases_at is None else round(max(released_at - phases_at, 0.0), 3)
+
+
+def record_release(sender: Sender, run_info_dir: Path, released_at: float) -> float | None:
+    """Queue ``device_release_s`` once per run (its value is kept in meta.json too); returns it."""
+    if names.DEVICE_RELEASE in sender.meta:
+        return sender.meta[names.DEVICE_RELEASE]
+    seconds = device_release_s(run_info_dir, released_at)
+    if seconds is None:
+        return None
+    record = {"kind": "metrics", "metrics": {names.DEVICE_RELEASE: seconds}, "step": 0,
+              "timestamp": int(released_at * 1000)}
+    sender.spool.append_next(record)
+    sender.read_new()
+    sender.meta[names.DEVICE_RELEASE] = seconds
+    sender.spool.write_meta(sender.meta)
+    return seconds
 
 
 # --------------------------------------------------------------------------- the sender process
 
 
-def follow(sender: Sender, wake_fd: int) -> None:
+def follow(sender: Sender, wake_fd: int, drain: bool = True) -> None:
     """Send records as the rank appends them; return once ``wake_fd`` closes (rank finished or died).
 
-    Each byte on ``wake_fd`` says "new records"; end of file means no more will come. The
-    backlog is then sent once more (a failure leaves it for ``podrun sync``).
+    Each byte on ``wake_fd`` says "new records"; end of file means no more will come. With
+    ``drain`` the backlog is then sent once more (a failure leaves it for ``podrun sync``).
     """
-    first, closing = True, False
-    while not closing:
+    first = True
+    while True:
         wait = max(sender._next_try - time.monotonic(), 0.05) if sender._offline else None
         readable, _, _ = select.select([wake_fd], [], [], wait)
-        if readable and not os.read(wake_fd, 4096):
-            closing = True
+        closing = bool(readable) and not os.read(wake_fd, 4096)
         sender.read_new()
+        if closing and not drain:
+            return
         if sender.pending:
             sender.flush(force=first or closing)
             first = False
+        if closing:
+            return
 
 
 def write_run_id(run_info_dir: Path | None) -> OnRun | None:
@@ -303,12 +400,16 @@ def main(argv: list[str] | None = None) -> int:
                                      description="send a spool to MLflow as it grows")
     parser.add_argument("spool", type=Path)
     parser.add_argument("--wake-fd", type=int, default=0, help="bytes here mean new records; EOF: finish")
+    parser.add_argument("--ack-fd", type=int, help="a byte here tells the rank its records went out (it may exit)")
+    parser.add_argument("--finish-here", action="store_true",
+                        help="outlive the rank: send the model and run page once the ranks have exited (local backend)")
     parser.add_argument("--run-info", type=Path, help="the checkpoint folder whose run.json keeps the run id")
     parser.add_argument("--retry-interval", type=float, default=30.0)
     parser.add_argument("--system-metrics", metavar="NODE", help="also log this node's system metrics as NODE")
     parser.add_argument("--system-metrics-interval", type=float, default=10.0)
     parser.add_argument("--log-file", type=Path, help="MLflow's and SQLAlchemy's own log lines and prints go here")
     args = parser.parse_args(argv)
+    _lower_priority()
     ignore_stop_signals()
     divert_library_output(args.log_file)  # before MLflow is imported: its lines never reach the rank log
     install_log_masking()
@@ -319,10 +420,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _lower_priority() -> None:
+    try:
+        os.nice(SENDER_NICE)
+    except OSError:
+        pass
+
+
 def _send(args: argparse.Namespace) -> int:
     metrics = NodeMetrics(args.system_metrics, args.system_metrics_interval, write_run_id(args.run_info))
     sender = open_sender(args.spool, retry_interval_s=args.retry_interval, on_run=metrics.on_run)
+    sender.hold, sender.finish_here = True, args.finish_here
     metrics.tracking_uri = sender.meta["tracking_uri"]
+    if sender.finish_here:
+        return _send_then_finish(sender, metrics, args)
     sender.warm_up()
     try:
         follow(sender, args.wake_fd)
@@ -330,7 +441,175 @@ def _send(args: argparse.Namespace) -> int:
         metrics.stop()
     if sender.finished:
         sender.mark_done()
+    elif sender.released:
+        sender.mark_registering()
+    _release_rank(args.ack_fd)
     return 0
+
+
+def _send_then_finish(sender: Sender, metrics: NodeMetrics, args: argparse.Namespace) -> int:
+    """The local backend: the rank never waits for this process, which sends the rest once the ranks have exited.
+
+    It runs below the ranks' priority and holds the spool's finish lock from the start, so a
+    launcher or ``podrun sync`` that wants to send the spool waits for it instead of racing it.
+    """
+    _lower_priority()
+    rank_pid = os.getppid()
+    with sender.spool.finishing():
+        sender.warm_up()
+        _preload_run_page()  # now, at low priority, rather than once the run has ended
+        try:
+            follow(sender, args.wake_fd, drain=False)
+        finally:
+            metrics.stop()
+        sender.meta["sender_cpu_s"] = {"run": round(_cpu_s(), 2)}  # until it saw the run end (bench/launch_overhead.py)
+        if sender.ended or any(record["kind"] == "end" for record in sender.pending):
+            sender.mark_registering()
+        _leave_rank()
+        finish_after_ranks(sender, rank_pid, args.run_info)
+    return 0
+
+
+def _leave_rank() -> None:
+    """Carry on without the rank: out of its session (its process group may be signalled as it ends), off its pipes.
+
+    A pipe this process inherited (horovodrun reads its workers' output through pipes) would
+    keep whoever reads it waiting until the model is registered: what went there (podrun's
+    own warnings) goes to the tracking log instead, or nowhere. A log file stays.
+    """
+    try:
+        os.setsid()
+    except OSError:
+        pass
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        if isinstance(handler, logging.StreamHandler) and stream not in (sys.stderr, sys.stdout, None) \
+                and not _is_file(stream.fileno()):
+            handler.setStream(sys.stderr)
+            stream.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for fd in (0, 1, 2):
+        if not _is_file(fd):
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, fd)
+            os.close(null)
+
+
+def _release_rank(ack_fd: int | None) -> None:
+    """Tell the rank it may exit: what it had to send went out, or is kept for a finisher."""
+    if ack_fd is None:
+        return
+    try:
+        os.write(ack_fd, b".")
+        os.close(ack_fd)
+    except OSError:
+        pass
+
+
+def _is_file(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return True  # closed: nothing to let go of
+
+
+def finish_after_ranks(sender: Sender, rank_pid: int, run_info_dir: Path | None) -> None:
+    """Wait for every rank to exit, record ``device_release_s``, then send the rest (under the finish lock).
+
+    This process is already warm (MLflow imported, the store open, matplotlib loaded), so the
+    model and the run page cost their own work only; it uses no GPU (``CUDA_VISIBLE_DEVICES``
+    is emptied before torch is imported for the model). An attached launcher adds its phases
+    meanwhile: they go out before the spool is marked done.
+    """
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    job_dir = sender.spool.root.parent
+    seen_at = wait_for_ranks(job_dir, rank_pid)
+    released_at = supervisor_end(job_dir) or seen_at
+    sender.hold = False
+    if released_at is not None and run_info_dir is not None:
+        record_release(sender, run_info_dir, released_at)
+    sender.read_new()
+    sender.flush(force=True)
+    deadline = time.monotonic() + LAUNCHER_WAIT_S
+    while sender.spool.launcher_attached() and time.monotonic() < deadline:
+        time.sleep(POLL_S)  # the launcher adds its phases once it sees the job end
+    sender.read_new()
+    cpu = sender.meta.setdefault("sender_cpu_s", {})
+    cpu["after"] = round(_cpu_s() - cpu.get("run", 0.0), 2)
+    if sender.flush(force=True) and sender.finished:
+        sender.mark_done()
+    else:
+        sender.spool.write_meta(sender.meta)
+
+
+def _preload_run_page() -> None:
+    """Import matplotlib for the run page's charts during the run, not after it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+    except Exception:  # noqa: BLE001 - the run page says what failed when it draws
+        pass
+
+
+def wait_for_ranks(job_dir: Path, rank_pid: int) -> float | None:
+    """When the last rank process exited (polled every 20 ms); None if they outlive ``RANKS_EXIT_WAIT_S``.
+
+    The ranks are the supervisor's (``ranks.json`` in the job folder) and, without one (a
+    rendered script run by hand), rank 0, this process's parent.
+    """
+    pids = set(_supervised_ranks(job_dir)) | {rank_pid}
+    deadline = time.monotonic() + RANKS_EXIT_WAIT_S
+    while time.monotonic() < deadline:
+        pids = {pid for pid in pids if _running(pid)}
+        if not pids:
+            return time.time()
+        time.sleep(POLL_S)
+    log.warning("tracking: ranks %s still run %d s after the run ended; sending the model and run page anyway",
+                sorted(pids), RANKS_EXIT_WAIT_S)
+    return None
+
+
+def supervisor_end(job_dir: Path, wait_s: float = 2.0) -> float | None:
+    """When the local supervisor saw the last rank exit (``finished_at`` in ``job.json``; it polls every 50 ms).
+
+    This process may have been busy when the ranks exited, so the supervisor's record is the
+    closer one; None without a supervisor (``ranks.json`` absent) or a record in ``wait_s``.
+    """
+    if not (job_dir / RANKS_FILE).is_file():
+        return None
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            ended = json.loads((job_dir / JOB_FILE).read_text()).get("finished_at")
+        except (OSError, ValueError, AttributeError):
+            ended = None
+        if isinstance(ended, (int, float)):
+            return float(ended)
+        time.sleep(POLL_S)
+    return None
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _supervised_ranks(job_dir: Path) -> list[int]:
+    try:
+        return [int(pid) for pid in json.loads((job_dir / RANKS_FILE).read_text())["ranks"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process waiting to be reaped, a zombie, has released its devices)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 if __name__ == "__main__":

@@ -9,8 +9,12 @@ With ``background=True`` (what a rank uses) the sender is a child process,
 ``python -m jobs.tracking.sender``: the loop only appends lines to a file, so its first step never
 waits for MLflow's import or the run's creation, and MLflow's work runs on another core
 rather than competing for this process's GIL. :meth:`Tracker.finish` closes the pipe that
-wakes the sender and waits for it to drain. Retries are not a blocking loop (no
-``tenacity``): a failed send marks the sender offline until a deadline, and training goes on.
+wakes the sender and waits until the sender has sent the records up to the run's end (a
+byte on a second pipe, or the sender's exit); the model and the run page it queues after the
+end wait for the ranks to exit (:mod:`jobs.tracking.sender`). A sender started with
+``--finish-here`` (the local backend) outlives the rank and sends everything itself, so the
+rank does not wait at all. Retries are not a blocking loop (no ``tenacity``): a failed send
+marks the sender offline until a deadline, and training goes on.
 
 Usage (rank 0 only)::
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -44,7 +49,7 @@ from jobs.contract.secret_filter import (
 )
 from jobs.tracking.mlflow_errors import describe
 from jobs.tracking.sender import Sender, replay_spool
-from jobs.tracking.spool import Spool
+from jobs.tracking.spool import AFTER_RELEASE, Spool
 
 __all__ = ["Tracker", "replay_spool"]
 log = logging.getLogger(__name__)
@@ -118,7 +123,9 @@ class Tracker:
         self._sender: Sender | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._wake_fd: int | None = None
+        self._ack_fd: int | None = None
         self._sender_args = sender_args
+        self._sender_finishes = "--finish-here" in sender_args  # it outlives this process: never waited for
         self._start(tracking_uri, experiment, run_id, run_name, background, run_info_dir)
 
     @never_raise(None)
@@ -126,6 +133,7 @@ class Tracker:
                run_info_dir: Path | None) -> None:
         uri = export_credentials(uri)  # a password never lands in the spool
         self._secrets = known_secret_values()
+        self._wait_for_previous_sender()
         meta = self.spool.read_meta()
         if run_id and meta.get("run_id") not in (None, run_id):
             log.warning("tracking: spool %s belonged to run %s; continuing run %s instead",
@@ -147,16 +155,36 @@ class Tracker:
             self._add({"kind": "start"})  # a resumed run is RUNNING again, in spool order
         self._flush(force=True)  # inline: creates a new run now, so run_id is known early
 
+    def _wait_for_previous_sender(self, timeout_s: float = SENDER_DRAIN_TIMEOUT_S) -> None:
+        """Wait while an earlier attempt's sender, which outlived its rank (``--finish-here``), still sends this spool.
+
+        It holds the spool's finish lock until it is done; two senders on one spool would
+        interleave their writes to meta.json and lose records.
+        """
+        if not self.spool.busy():
+            return
+        log.warning("tracking: the previous attempt's sender is still sending %s; waiting for it", self.spool.root)
+        deadline = time.monotonic() + timeout_s
+        while self.spool.busy() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
     def _spawn_sender(self, run_info_dir: Path | None) -> None:
         read_fd, self._wake_fd = os.pipe()
         argv = [sys.executable, "-m", "jobs.tracking.sender", str(self.spool.root), "--wake-fd", "0",
                 "--retry-interval", str(self.retry_interval_s)]
+        ack_write = None
+        if not self._sender_finishes:
+            self._ack_fd, ack_write = os.pipe()
+            argv += ["--ack-fd", str(ack_write)]
         if run_info_dir is not None:
             argv += ["--run-info", str(run_info_dir)]
         argv += self._sender_args
         # stdin is the pipe: it closes when finish() closes it or when this process dies
-        self._process = subprocess.Popen(argv, stdin=read_fd, close_fds=True)
+        self._process = subprocess.Popen(argv, stdin=read_fd, close_fds=True,
+                                         pass_fds=() if ack_write is None else (ack_write,))
         os.close(read_fd)
+        if ack_write is not None:
+            os.close(ack_write)
 
     # ----------------------------------------------------------------- public calls
 
@@ -227,12 +255,20 @@ class Tracker:
         self._submit(dict(record))
 
     @never_raise(False)
-    def finish(self, status: RunStatus) -> bool:
-        """End the run with ``status``; True if every record reached the server.
+    def finish(self, status: RunStatus, after_release: tuple[dict[str, Any], ...] = ()) -> bool:
+        """End the run with ``status``, then queue ``after_release`` (the model, the run page).
 
-        When it returns False the spool keeps the rest for ``podrun sync``.
+        True if every record up to the end reached the server. A sender process keeps the
+        ``after_release`` records for a finisher that runs once the ranks have exited (its
+        ``--finish-here``: itself, outliving this process); an inline one sends them now. When
+        it returns False the spool keeps the rest for ``podrun sync``. A record of another kind
+        in ``after_release`` is refused (a warning, like every tracking failure).
         """
+        if any(record.get("kind") not in AFTER_RELEASE for record in after_release):
+            raise ValueError(f"only {AFTER_RELEASE} records go after the run's end")
         self._add({"kind": "end", "status": status})
+        for record in after_release:
+            self._add(dict(record))
         if self._sender is None:
             return self._wait_for_sender()
         if not self._flush(force=True):
@@ -269,18 +305,36 @@ class Tracker:
         return False
 
     def _wait_for_sender(self, timeout_s: float = SENDER_DRAIN_TIMEOUT_S) -> bool:
+        """Close the wake pipe and wait for the sender's go-ahead; True if the records up to the end went out.
+
+        A sender that finishes the run itself is not waited for (True: it has every record).
+        """
         if self._wake_fd is not None:
             os.close(self._wake_fd)
             self._wake_fd = None
+        if self._sender_finishes:
+            self._process = None
+            return True
         if self._process is not None:
-            try:
-                self._process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
+            if not self._sender_released(timeout_s):
                 log.warning("tracking: the MLflow sender did not finish in %.0f s; the spool keeps the rest "
                             "(podrun sync)", timeout_s)
                 self._process.kill()
+            self._process.poll()  # not waited for: one that finishes the run itself lives on, the others exit now
             self._process = None
-        return bool(self.spool.read_meta().get("done"))
+        meta = self.spool.read_meta()
+        return bool(meta.get("done") or meta.get("registering"))
+
+    def _sender_released(self, timeout_s: float) -> bool:
+        """Wait for a byte (or end of file: the sender exited) on the go-ahead pipe."""
+        if self._ack_fd is None:
+            return True
+        try:
+            readable, _, _ = select.select([self._ack_fd], [], [], timeout_s)
+            return bool(readable)
+        finally:
+            os.close(self._ack_fd)
+            self._ack_fd = None
 
     def _masked_text(self, path: Path) -> str | None:
         """A text file's content with secrets masked, if masking changes it (None otherwise)."""

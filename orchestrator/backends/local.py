@@ -26,6 +26,7 @@ from jobs.contract.placement import free_port
 from jobs.rank.checkpoint_lock import check_free
 from jobs.rank.stragglers import read_status_note
 from jobs.rank.watchdog import collective_fault_env
+from jobs.tracking.spool import spool_note
 from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.backends.lifeline import (
     Lifeline,
@@ -144,6 +145,8 @@ class LocalBackend(Backend):
         if not is_terminal(record.state) and not pid_alive(int(record.native_id or 0)):
             record = orphan_status(record, pid_alive, EXIT_STATES)
         record.detail += read_status_note(Path(record.job_dir))  # a straggler named (not saved: read each time)
+        if is_terminal(record.state):  # the ranks have exited: the model and run page may still be on their way
+            record.detail = spool_note(Path(record.job_dir) / "mlflow-spool", record.job_id, record.detail)
         return record
 
     def logs(self, record: JobRecord, rank: int = 0, follow: bool = False) -> Iterator[str]:

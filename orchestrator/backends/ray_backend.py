@@ -9,6 +9,7 @@ the launch plan in ``$PODRUN_LAUNCH_PLAN`` (see
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -19,6 +20,7 @@ from typing import Any
 
 from jobs.contract import exit_codes
 from jobs.rank.stragglers import read_status_note
+from jobs.tracking.spool import spool_note
 from orchestrator.backends.base import Backend
 from orchestrator.backends.ray_runtime import auth_headers, entrypoint, runtime_env, token_path
 from orchestrator.errors import BackendError
@@ -82,6 +84,14 @@ class RayBackend(Backend):
         record.extra["cluster_job_dir"] = job.job_dir  # on storage the cluster shares (the profile's state_dir)
 
     def status(self, record: JobRecord) -> JobRecord:
+        record = self._status(record)
+        if not is_terminal(record.state):
+            return record
+        # a copy, never saved: the driver sends the model and run page once the workers are gone
+        folder = Path(record.extra.get("cluster_job_dir", record.job_dir)) / "mlflow-spool"
+        return dataclasses.replace(record, detail=spool_note(folder, record.job_id, record.detail))
+
+    def _status(self, record: JobRecord) -> JobRecord:
         if is_terminal(record.state):
             return record
         client = self._client(record.extra["ray"])

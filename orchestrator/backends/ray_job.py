@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -100,7 +101,9 @@ def fit(plan: LaunchPlan) -> int:
         if code != exit_codes.SUCCESS or os.environ.get("PODRUN_PREFLIGHT_ONLY"):
             return code
     if plan.job.comm == "horovod":
-        return report(fit_horovod(plan))
+        code = fit_horovod(plan)
+        finish_records(plan)
+        return report(code)
     job, ray_cfg = plan.job, plan.profile.ray
     use_gpu = job.device == "cuda"
     resources = ray_cfg.resources_per_worker or ({"GPU": 1} if use_gpu else {"CPU": 1})
@@ -119,7 +122,36 @@ def fit(plan: LaunchPlan) -> int:
         ),
     )
     result = trainer.fit()
+    finish_records(plan)
     return report(int((result.metrics or {}).get("exit_code", exit_codes.FAILED)))
+
+
+def finish_records(plan: LaunchPlan) -> None:
+    """The workers are gone: send the run's last records (the model, the run page) from the driver.
+
+    The driver holds no GPU (it runs on the head node), so exporting and registering the model
+    here keeps the workers' GPUs free; ``device_release_s`` ends now. Inside a Slurm allocation
+    (``--on slurm``) this would hold the allocation: the launcher or ``podrun sync`` does it there.
+    """
+    if os.environ.get("SLURM_JOB_ID"):
+        return
+    from jobs.tracking.sender import library_output, replay_spool
+    from jobs.tracking.spool import SpoolError, spool_pending
+    from jobs.tracking.system_metrics import tracking_log
+
+    released_at, job = time.time(), plan.job
+    spool = Path(job.job_dir) / "mlflow-spool"
+    if not spool_pending(spool):
+        return
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the model is exported on the CPU
+    try:
+        with library_output(tracking_log(job.job_dir)):
+            sent = replay_spool(spool, released_at=released_at, run_info_dir=Path(job.checkpoint_dir))
+    except SpoolError as exc:
+        print(f"[ray] MLflow records kept for podrun sync: {exc}", flush=True)
+        return
+    print(f"[ray] the workers have exited; {sent} last MLflow record(s) sent in {time.time() - released_at:.1f} s",
+          flush=True)
 
 
 def preflight(plan: LaunchPlan) -> int:

@@ -7,6 +7,7 @@ Status works with accounting off (``squeue``, then ``scontrol show job``, then `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -21,6 +22,8 @@ from jobs.contract.job import CONFIG_FILE
 from jobs.rank.stragglers import STATUS_FILE as STRAGGLERS_FILE
 from jobs.rank.stragglers import status_note as straggler_note
 from jobs.rank.watchdog import collective_fault_env
+from jobs.tracking.spool import META_FILE as SPOOL_META
+from jobs.tracking.spool import Spool, registering, with_registering_note
 from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.backends.slurm_submit import submission_mark, submit_once
 from orchestrator.backends.ssh_retry import retrying
@@ -48,6 +51,7 @@ VERSION = "0.1.0"
 
 
 # What squeue says when slurmctld is down or restarting (the job itself runs on).
+END_TIME = re.compile(r"\bEndTime=(\S+)")
 CONTROLLER_DOWN = re.compile(r"contact slurm controller|Socket timed out|Connection refused|Zero Bytes were "
                              r"transmitted")
 
@@ -163,6 +167,7 @@ class SlurmBackend(Backend):
     def __init__(self) -> None:
         self._tunnels: dict[str, Tunnel] = {}
         self._started: dict[str, float] = {}  # job id -> the first StartTime seen running
+        self._ended: dict[str, float] = {}  # job id -> its EndTime once it ended
         self._versions: dict[int, str] = {}  # tunnel -> its Slurm's version, asked once (for error messages)
 
     def tunnel(self, login: LoginConfig | None) -> Tunnel:
@@ -208,6 +213,17 @@ class SlurmBackend(Backend):
     # ------------------------------------------------------------------ status
 
     def status(self, record: JobRecord) -> JobRecord:
+        record = self._status(record)
+        return self._registering(record) if is_terminal(record.state) else record
+
+    def _registering(self, record: JobRecord) -> JobRecord:
+        """A copy whose detail says so while the run's model and run page still wait (never saved)."""
+        meta = str(Path(record.extra.get("cluster_job_dir", record.job_dir)) / "mlflow-spool" / SPOOL_META)
+        text = self._record_tunnel(record).read_text(meta)
+        busy = None if record.extra.get("login") or not registering(text) else Spool(Path(meta).parent).busy()
+        return dataclasses.replace(record, detail=with_registering_note(record.detail, text, record.job_id, busy))
+
+    def _status(self, record: JobRecord) -> JobRecord:
         if is_terminal(record.state):
             return record  # terminal states are cached
         tunnel = self._record_tunnel(record)
@@ -224,6 +240,8 @@ class SlurmBackend(Backend):
             record.save()
         if is_terminal(state):
             record.finished_at = time.time()
+            if record.native_id in self._ended:  # the allocation's end (EndTime): where device_release_s ends
+                record.extra["ended_at"] = self._ended[record.native_id]
             if exit_code in exit_codes.DESCRIPTIONS:
                 record.detail = f"{detail}; {exit_codes.DESCRIPTIONS[exit_code]}"
             record.save()
@@ -266,6 +284,9 @@ class SlurmBackend(Backend):
         if shown:
             if shown.state != PENDING and shown.start_time and shown.restarts == 0:
                 self._started.setdefault(job_id, shown.start_time)
+            ended = END_TIME.search(show.stdout)
+            if is_terminal(shown.state) and ended and slurm_time(ended.group(1)):
+                self._ended[job_id] = slurm_time(ended.group(1))
             detail = f"{shown.describe()}, restarts {shown.restarts}, nodes {shown.nodes or '?'}"
             return shown.state, detail, shown.exit_code if shown.state != RUNNING else None
         return self._query_sacct(tunnel, job_id)

@@ -11,20 +11,25 @@ end, so once a job has ended it adds:
   workers up; local: submitted to the supervisor starting the ranks, about 0);
 * ``startup``: the job's start to the first ``run_start`` (script, srun, imports,
   rendezvous, data listing, model build), less ``preflight`` when that ran in the job;
-* ``shutdown``: the ranks' end to the moment the launcher saw the job end (MLflow drain,
-  process exit, the scheduler's epilogue, the launcher's poll).
+* ``shutdown``: the ranks' end to the moment the launcher saw the job end (rank 0's last
+  records, process exit, the scheduler's epilogue, the launcher's poll). The model and the
+  run page are sent after that, once the ranks have exited, and are not in it
+  (``device_release_s`` is ``run_stop`` to the last rank's exit: :mod:`jobs.tracking.sender`).
 
 On CPU they add up to ``wall_time_s`` (submission to the end, requeues included), up to
 clock rounding, since the ranks' ``other`` is what their clocks left over: the test of the
 figures is how small ``other`` stays, and the table prints it beside the rest. On GPUs they
 add up to the wall time plus the device compute that overlapped a host phase.
 :func:`phase_breakdown` computes them, :func:`record_phases` logs them to the run as
-``phase_<name>_s`` metrics plus a stacked-bar PNG, and prints one short table.
+``phase_<name>_s`` metrics plus a stacked-bar PNG, and prints one short table. Where the job's
+MLflow spool is on this machine, they are queued there and sent with the rest of the run's
+last records, so the launcher does not import MLflow for them.
 """
 
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +37,7 @@ from typing import Any
 
 from jobs.contract.checkpoint_index import read_run_info
 from jobs.rank.phases import phase_metrics
+from jobs.tracking.spool import Spool
 from orchestrator.spec.jobstore import JobRecord, find_record
 from orchestrator.studies.plots import PHASE_ORDER, stacked_phases
 
@@ -105,15 +111,24 @@ def breakdown_metrics(breakdown: Breakdown) -> dict[str, float]:
     return phase_metrics(phases) | {"wall_time_s": round(breakdown.wall_s, 4)}
 
 
-def record_phases(record: JobRecord, say: Any = print) -> Breakdown | None:
+def record_phases(record: JobRecord, say: Any = print, spool: Spool | None = None) -> Breakdown | None:
     """After the job ended: compute the breakdown, log it to the job's MLflow run, and print it.
 
-    MLflow trouble costs a one-line warning, never the launch's exit code.
+    With ``spool`` (the job's MLflow spool, readable here) the metrics and the chart are
+    queued in it, for whoever sends its last records (:func:`jobs.tracking.sender.replay_spool`);
+    otherwise they go to MLflow now. MLflow trouble costs a one-line warning, never the
+    launch's exit code.
     """
     info = read_run_info(Path(record.checkpoint_dir))
     run_id = info.get("mlflow_run_id")
+    if spool is not None:
+        breakdown = phase_breakdown(record, info, spooled_metric(spool, PREFLIGHT_METRIC))
+        if breakdown is not None:
+            say(format_breakdown(breakdown))
+            _queue(spool, breakdown, record.name)
+        return breakdown
     client = _client(record.tracking_uri) if run_id else None
-    preflight = _metric(client, run_id, "phase_preflight_s")
+    preflight = _metric(client, run_id, PREFLIGHT_METRIC)
     breakdown = phase_breakdown(record, info, preflight)
     if breakdown is None:
         return None
@@ -124,6 +139,41 @@ def record_phases(record: JobRecord, say: Any = print) -> Breakdown | None:
         except Exception as exc:  # noqa: BLE001 - the run itself is done and recorded
             say(f"warning: could not log the phases to MLflow ({type(exc).__name__}: {str(exc)[:200]})")
     return breakdown
+
+
+PREFLIGHT_METRIC = "phase_preflight_s"
+
+
+def spooled_metric(spool: Spool, name: str) -> float | None:
+    """The last value of metric ``name`` among a spool's records (what the run logged, sent or not)."""
+    records, _ = spool.load()
+    values = [record["metrics"][name] for record in records if record["kind"] == "metrics"
+              and name in record["metrics"]]  # fmt: skip
+    return values[-1] if values else None
+
+
+def _queue(spool: Spool, breakdown: Breakdown, name: str) -> None:
+    """The phases as spool records: one metrics record and the chart as an artifact."""
+    now = int(time.time() * 1000)
+    spool.append_next({"kind": "metrics", "metrics": breakdown_metrics(breakdown), "step": 0, "timestamp": now})
+    png = stacked_phases([(name, breakdown.phases)], spool.root / "phases" / "phases.png",
+                         f"where the {breakdown.wall_s:.0f} s went")
+    spool.append_next({"kind": "artifact", "src": str(png), "artifact_path": "phases"})
+
+
+def load_charts_early() -> None:
+    """Import matplotlib in a thread (about 0.4 s), so that the phases chart is drawn as soon as the job ends."""
+
+    def load() -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
+        except Exception:  # noqa: BLE001 - drawing the chart says what is wrong
+            pass
+
+    threading.Thread(target=load, name="podrun-charts", daemon=True).start()
 
 
 def _client(tracking_uri: str) -> Any:

@@ -1,0 +1,163 @@
+"""Shutdown frees the devices: the model and the run page go to MLflow once the ranks have exited.
+
+A rank's MLflow sender sends the records up to the run's ``end`` and keeps the ``model`` and
+``run_page`` records for a finisher outside the allocation: on the local backend the sender
+itself, which outlives its rank; elsewhere ``podrun launch``, the Ray driver or ``podrun sync``.
+``device_release_s`` (``run_stop`` to the last rank's exit) is recorded, and ``podrun status``
+says "registering" until the records are sent. The Slurm and Ray paths are checked in their
+own tests (tests/test_slurm_backend.py, tests/test_ray_backend.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from jobs.contract.checkpoint_index import read_run_info, update_run_info
+from jobs.tracking.sender import replay_spool
+from jobs.tracking.spool import LAUNCHER_FILE, Spool, registering, spool_note, with_registering_note
+from jobs.tracking.tracker import Tracker
+from orchestrator.cli import main
+from orchestrator.spec.jobstore import list_records
+from tests.waiting import wait_state, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_TAG = "podrun.model"
+
+
+def model_record(tmp_path: Path) -> dict:
+    """A ``model`` record whose checkpoint is gone: the finisher only tags the run with why (no torch.export)."""
+    return {"kind": "model", "checkpoint": str(tmp_path / "gone.pt"), "inputs": str(tmp_path / "inputs.npz"),
+            "task": "image_classification", "model_config": {}, "name": "m", "max_model_mb": 1, "result": "r"}
+
+
+def meta(spool: Path) -> dict:
+    return json.loads((spool / "meta.json").read_text())
+
+
+@pytest.mark.fast
+def test_a_rank_s_sender_keeps_the_model_for_after_the_ranks(tmp_path):
+    uri, spool, ckpt = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "spool", tmp_path / "ckpt"
+    tracker = Tracker(uri, "e", spool, run_name="r", background=True, run_info_dir=ckpt)
+    tracker.log_metrics({"train_loss": 1.0}, step=1)
+    assert tracker.finish("FINISHED", (model_record(tmp_path),))  # waits for the records up to the end only
+    client = MlflowClient(uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["train_loss"] == 1.0
+    assert MODEL_TAG not in run.data.tags  # kept: not sent from the rank's side
+    assert registering((spool / "meta.json").read_text()) and not meta(spool).get("done")
+
+    update_run_info(ckpt, phases_at=1000.0)  # run_stop, as rank 0 records it
+    assert replay_spool(spool, released_at=1000.5, run_info_dir=ckpt) == 2  # the model, then device_release_s
+    run = client.get_run(tracker.run_id)
+    assert run.data.tags[MODEL_TAG].startswith("not logged: the checkpoint") and run.data.metrics[
+        "device_release_s"] == 0.5
+    assert meta(spool)["done"] and not registering((spool / "meta.json").read_text())
+    assert replay_spool(spool, released_at=2000.0, run_info_dir=ckpt) == 0  # once: not sent or measured again
+
+
+RANK = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from jobs.contract.checkpoint_index import update_run_info
+    from jobs.tracking.tracker import Tracker
+
+    uri, spool, ckpt, model = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), eval(sys.argv[4])
+    tracker = Tracker(uri, "e", spool, run_name="r", background=True, run_info_dir=ckpt,
+                      sender_args=("--finish-here",))
+    tracker.log_metrics({"train_loss": 1.0}, step=1)
+    time.sleep(1)
+    update_run_info(ckpt, phases_at=time.time())
+    began = time.monotonic()
+    assert tracker.finish("FINISHED", (model,))
+    print(f"finish took {time.monotonic() - began:.3f} s", flush=True)
+""")
+
+
+@pytest.mark.fast
+def test_a_sender_that_finishes_here_outlives_its_rank(tmp_path):
+    uri, spool, ckpt = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "spool", tmp_path / "ckpt"
+    rank = subprocess.run([sys.executable, "-c", RANK, uri, str(spool), str(ckpt), repr(model_record(tmp_path))],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    exited = time.time()
+    assert rank.returncode == 0, rank.stderr
+    assert float(rank.stdout.split()[2]) < 0.5  # the rank does not wait for MLflow at all
+    wait_until(lambda: meta(spool).get("done"), "the sender to send the rest", 120, every=0.1)
+    assert meta(spool)["done_at"] >= exited  # sent after the rank had exited
+    run = MlflowClient(uri).get_run(meta(spool)["run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["train_loss"] == 1.0
+    assert run.data.tags[MODEL_TAG].startswith("not logged: the checkpoint")
+    release = run.data.metrics["device_release_s"]
+    assert release == meta(spool)["device_release_s"] and 0 <= release < 30
+
+
+@pytest.mark.fast
+def test_status_says_registering_until_the_records_are_sent(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    spool.write_meta({"tracking_uri": "sqlite:///x.db", "registering": True})
+    detail = spool_note(spool.root, "job-1", "reached target")
+    assert detail == ("reached target; registering: the model and run page wait to go to MLflow (the ranks have "
+                      "exited); podrun sync job-1 sends them")
+    with spool.finishing():  # a finisher at work
+        busy = spool_note(spool.root, "job-1", detail)  # an older note is replaced, not repeated
+    assert busy == "reached target; registering: the model and run page are going to MLflow (the ranks have exited)"
+    spool.write_meta({"tracking_uri": "sqlite:///x.db", "registering": True, "done": True})
+    assert spool_note(spool.root, "job-1", busy) == "reached target"
+    assert with_registering_note("SUCCEEDED", None, "job-1") == "SUCCEEDED"  # no spool (over SSH: unreadable)
+
+
+@pytest.mark.slow
+@pytest.mark.registry
+def test_a_detached_job_frees_its_ranks_then_registers_and_podrun_sync_ends_a_killed_registration(local_env,
+                                                                                                   capsys):
+    job = ["resnet50:tiny", "--set", "tasks_per_node=1", "--set", "train.epochs=1", "--set", "eval.target=0.01",
+           "--set", "data.backend=synthetic", "--set", "data.synthetic_samples=128"]
+    assert main(["launch", *job, "--detach"]) == 0
+    (record,) = list_records(local_env)
+    spool = Path(record.job_dir) / "mlflow-spool"
+    line = wait_state(record.job_id, capsys, timeout=300, settle=False)  # the ranks have exited ...
+    assert "SUCCEEDED" in line and "registering: the model and run page are going to MLflow" in line, line
+    assert not (spool / LAUNCHER_FILE).exists()  # detached: nobody adds phases
+    # ... while rank 0's sender exports and registers the model. Kill it: `podrun sync` finishes the job.
+    sender = wait_until(lambda: sender_pid(spool), "rank 0's sender", 30, every=0.1)
+    os.kill(sender, signal.SIGKILL)
+    wait_until(lambda: not Spool(spool).busy(), "the finish lock to be free", 30, every=0.1)
+    main(["status", record.job_id])
+    assert f"podrun sync {record.job_id} sends them" in capsys.readouterr().out
+    assert main(["sync", record.job_id]) == 0
+    assert "kept record(s)" in capsys.readouterr().out
+
+    record = list_records(local_env)[0]
+    info = read_run_info(Path(record.checkpoint_dir))
+    client = MlflowClient(record.tracking_uri)
+    run = client.get_run(info["mlflow_run_id"])
+    (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    assert version.creation_timestamp / 1000 > record.finished_at  # registered after the last rank exited
+    assert run.data.tags[MODEL_TAG].startswith("registered as resnet50 version")
+    assert run.data.tags["mlflow.note.content"].startswith("**reached top-1")  # the run page, complete
+    assert run.data.metrics["device_release_s"] == pytest.approx(record.finished_at - info["phases_at"], abs=0.01)
+    main(["status", record.job_id])
+    assert "registering" not in capsys.readouterr().out
+
+
+def sender_pid(spool: Path) -> int | None:
+    """The pid of the MLflow sender of ``spool`` (by its command line), if it runs."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"jobs.tracking.sender" in argv and str(spool).encode() in argv:
+            return int(entry.name)
+    return None
