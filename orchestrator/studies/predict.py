@@ -8,7 +8,8 @@ stays and the global batch grows with the GPUs, as MLPerf submissions do. The mo
   run of the same recipe on the same profile, else the profile's ``throughput:`` table;
 * epochs to converge: MLPerf's RCPs for ResNet-50 on ImageNet (:mod:`orchestrator.studies.rcp`),
   else the epochs a run of the recipe needed, else the recipe's ``train.epochs``;
-* the fabric: the profile's ``interconnect:`` (``nvlink_gbs``, ``hcas`` x ``link_gbps``);
+* the fabric: the profile's ``interconnect:`` (``nvlink_gbs``, ``hcas`` x ``link_gbps``), and
+  on GPUs the chunk NCCL's tree is charged per level between nodes (:data:`GPU_TREE_CHUNK_MIB`);
 * the gradient size: the recipe's model, counted on PyTorch's meta device, in the comm dtype.
 
 Every input that was assumed rather than given is named in the notes under the table.
@@ -38,6 +39,7 @@ from orchestrator.studies.rcp import convergence_points, epochs_to_converge, rcp
 
 IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000
 GPU_STEP_FLOOR_MS = 5.0  # see docs/PREDICTION.md
+GPU_TREE_CHUNK_MIB = 48.0  # the tree's chunk between nodes, fitted on all NVIDIA MLPerf rounds (docs/PREDICTION.md)
 DEFAULT_NVLINK_GBS = {"cuda": 150.0, "cpu": 5.0}  # assumed when the profile does not say (noted)
 DEFAULT_NETWORK_GBPS = 10.0  # one 10 GbE port, likewise
 
@@ -68,7 +70,7 @@ class Forecast:
 
 
 def fabric_for(plan: LaunchPlan, notes: list[str]) -> Fabric:
-    """The profile's NVLink and HCA bandwidths (assumed defaults are noted)."""
+    """The profile's NVLink and HCA bandwidths (assumed defaults are noted); on GPUs, the tree's chunk."""
     net = plan.profile.interconnect
     nvlink = net.nvlink_gbs
     if nvlink is None:
@@ -79,7 +81,11 @@ def fabric_for(plan: LaunchPlan, notes: list[str]) -> Fabric:
         network = DEFAULT_NETWORK_GBPS / 8
         notes.append(f"profile {plan.profile.name} has no interconnect.hcas x link_gbps: assumed one "
                      f"{DEFAULT_NETWORK_GBPS:g} Gb/s link per node")
-    return Fabric(plan.job.tasks_per_node, nvlink * 1e9, network * 1e9, net.latency_us * 1e-6)
+    chunk = GPU_TREE_CHUNK_MIB if plan.job.device == "cuda" else 0.0
+    if chunk:
+        notes.append(f"the allreduce's tree between nodes forwards {chunk:g} MiB per level, as fitted on MLPerf's "
+                     "published results (docs/PREDICTION.md)")
+    return Fabric(plan.job.tasks_per_node, nvlink * 1e9, network * 1e9, net.latency_us * 1e-6, chunk * 1024**2)
 
 
 def model_parameters(plan: LaunchPlan) -> int:

@@ -6,9 +6,11 @@ and published rows under ``results:``. The rows of one round on one node type ar
 system: the model is calibrated on its smallest row only (one GPU's rate from the measured
 step time, the eval rate from the measured evals) and predicts its other rows: epochs from
 the RCPs at the row's global batch, the row's own global batch (MLPerf submissions shrink
-the per-GPU batch as they grow), the fabric from the node type, and one per-step floor for
-every row. MLPerf's clock starts at ``run_start``, so start-up is 0. The floor is fitted
-elsewhere (:mod:`orchestrator.studies.predict_validate`): never on the rows it predicts.
+the per-GPU batch as they grow), the fabric from the node type, and two constants for
+every row: the per-step floor and the chunk the allreduce's tree forwards level by level
+across nodes. MLPerf's clock starts at ``run_start``, so start-up is 0. Both constants are
+fitted elsewhere (:mod:`orchestrator.studies.predict_validate`): never on the rows they
+predict.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ IMAGENET_TRAIN, IMAGENET_VAL = 1_281_167, 50_000  # the logs' train_samples and 
 MLPERF_EVAL_EVERY = 4  # epochs between evals in these submissions
 FP16_BYTES = 2  # the MXNet submissions reduce fp16 gradients
 HOP_US = 5.0  # one hop between nodes (InfiniBand through a switch or two)
+MIB = 1024**2
 FIRST_RCP_ROUND = (1, 0)  # rounds before 1.0 had no RCPs: reported, not counted
 TOLERANCE = 0.20  # the goal: predicted within ±20% of published
 WORKLOAD = Workload(items_per_epoch=IMAGENET_TRAIN, eval_items=IMAGENET_VAL,
@@ -109,6 +112,7 @@ class Check:
     rcp_note: str
     measured_step_s: float
     floor_ms: float
+    chunk_mib: float  # the tree's chunk across nodes (predict_model.tree_fill_seconds)
     error: float | None  # predicted / published - 1
 
     @property
@@ -131,9 +135,10 @@ def load_results(path: Path = RESULTS_FILE) -> ResultsFile:
     return validate(ResultsFile, read_yaml(Path(path), expand=False), str(path))
 
 
-def fabric_of(node: NodeType) -> Fabric:
+def fabric_of(node: NodeType, chunk_mib: float = 0.0) -> Fabric:
     return Fabric(gpus_per_node=node.gpus_per_node, nvlink_bps=node.nvlink_gbs * 1e9,
-                  network_bps=node.hcas * node.link_gbps / 8 * 1e9, hop_s=HOP_US * 1e-6)
+                  network_bps=node.hcas * node.link_gbps / 8 * 1e9, hop_s=HOP_US * 1e-6,
+                  tree_chunk_bytes=chunk_mib * MIB)
 
 
 def measured_step_s(row: ResultRow) -> float:
@@ -157,28 +162,28 @@ def calibrate_on(row: ResultRow, fabric: Fabric, floor_ms: float) -> Calibration
                      WORKLOAD, fabric, floor_ms / 1000, startup_s=0.0, source=row.system)
 
 
-def check_system(rows: list[ResultRow], node: NodeType, floor_ms: float) -> list[Check]:
+def check_system(rows: list[ResultRow], node: NodeType, floor_ms: float, chunk_mib: float = 0.0) -> list[Check]:
     """The first row as the calibration, the others predicted from it."""
-    fabric = fabric_of(node)
+    fabric = fabric_of(node, chunk_mib)
     try:
         cal = calibrate_on(rows[0], fabric, floor_ms)
     except ConfigError as exc:
         raise ConfigError(f"result {rows[0].system!r} (round {rows[0].round}): {exc}") from None
     round_, note = rcp_round(rows[0].round)
-    checks = [Check(rows[0], node.gpus_per_node, None, note, measured_step_s(rows[0]), floor_ms, None)]
+    checks = [Check(rows[0], node.gpus_per_node, None, note, measured_step_s(rows[0]), floor_ms, chunk_mib, None)]
     for row in rows[1:]:
         epochs = epochs_to_converge(row.global_batch, convergence_points(round_))
         found = predict_scale(row.nodes, node.gpus_per_node, row.global_batch, 0.0, (epochs, f"RCP {round_}"),
                               WORKLOAD, cal, fabric)
-        checks.append(Check(row, node.gpus_per_node, found, note, measured_step_s(row), floor_ms,
+        checks.append(Check(row, node.gpus_per_node, found, note, measured_step_s(row), floor_ms, chunk_mib,
                             found.time_s / row.time_to_train_s - 1))
     return checks
 
 
-def check_results(results: ResultsFile, floor_ms: float) -> list[Check]:
-    """Every row with the same floor: the smallest of each system as calibration, the others predicted."""
-    return [check for rows in systems(results) for check in check_system(rows, results.hardware[rows[0].hardware],
-                                                                          floor_ms)]
+def check_results(results: ResultsFile, floor_ms: float, chunk_mib: float = 0.0) -> list[Check]:
+    """Every row with the same floor and chunk: the smallest of each system as calibration, the others predicted."""
+    return [check for rows in systems(results)
+            for check in check_system(rows, results.hardware[rows[0].hardware], floor_ms, chunk_mib)]
 
 
 def within(checks: list[Check], tolerance: float = TOLERANCE) -> tuple[int, int]:
@@ -190,11 +195,12 @@ def within(checks: list[Check], tolerance: float = TOLERANCE) -> tuple[int, int]
 def markdown_table(checks: list[Check], floor_free: list[Check] | None = None) -> str:
     """The table of docs/PREDICTION.md: each row with its error and the terms that explain it.
 
-    ``floor_free``: the same rows predicted with no floor, in the same order (a last column).
+    ``floor_free``: the same rows predicted with neither fitted constant (no floor, a chunk of
+    0), in the same order (a last column).
     """
     head = ("| round | system | nodes x GPUs | global batch | published | predicted | error | floor ms | "
-            "epochs: RCP / run | step ms: model / run | no floor |")
-    lines = [head, "|" + " --- |" * 11]
+            "chunk MiB | epochs: RCP / run | step ms: model / run | neither |")
+    lines = [head, "|" + " --- |" * 12]
     free = floor_free or [None] * len(checks)
     for check, other in zip(checks, free):
         row, found = check.row, check.prediction
@@ -202,11 +208,13 @@ def markdown_table(checks: list[Check], floor_free: list[Check] | None = None) -
         ident = (f"{row.round} | {name} | {row.nodes} x {check.gpus_per_node} | {row.global_batch} | "
                  f"{row.time_to_train_s / 60:.2f} min")
         if found is None:
-            lines.append(f"| {ident} | calibration | | {check.floor_ms:.1f} | {row.epochs:.0f} (run) | "
+            lines.append(f"| {ident} | calibration | | {check.floor_ms:.1f} | {check.chunk_mib:g} | "
+                         f"{row.epochs:.0f} (run) | "
                          f"{check.measured_step_s * 1000:.1f} (run) | |")
             continue
         no_floor = f"{other.error:+.1%}" if other is not None and other.error is not None else ""
         lines.append(f"| {ident} | {found.time_s / 60:.2f} min | {check.error:+.1%} | {check.floor_ms:.1f} | "
+                     f"{check.chunk_mib:g} | "
                      f"{found.epochs:.1f} / {row.epochs:.0f} | {found.step_s * 1000:.1f} / "
                      f"{check.measured_step_s * 1000:.1f} | {no_floor} |")
     return "\n".join(lines)

@@ -37,6 +37,7 @@ class Fabric:
     nvlink_bps: float  # one GPU's NVLink/NVSwitch bandwidth, one way
     network_bps: float  # one node's HCAs together: hcas x link rate
     hop_s: float  # one hop between nodes
+    tree_chunk_bytes: float = 0.0  # what the tree forwards from one level to the next (0: perfectly pipelined)
 
 
 def bus_bandwidth(world: int, fabric: Fabric) -> float:
@@ -51,19 +52,32 @@ def bus_bandwidth(world: int, fabric: Fabric) -> float:
 
 
 def allreduce_seconds(nbytes: float, world: int, fabric: Fabric, algorithm: Algorithm = "auto") -> float:
-    """Allreduce of ``S = nbytes`` over ``N = world`` ranks.
+    """Allreduce of ``S = nbytes`` over ``N = world`` ranks (``k`` nodes of ``g`` GPUs).
 
     ring: ``2 (N-1)/N * S / B + 2 (N-1) a``; tree (NCCL's double binary tree): the same
-    bandwidth term and ``2 ceil(log2 N) a`` of latency, where ``a`` is one hop (NVLink on
-    one node, the profile's ``latency_us`` between nodes); auto: the faster of the two.
+    bandwidth term, ``2 ceil(log2 N) a`` of latency and, across nodes, the fill and drain of
+    its pipeline, ``2 ceil(log2 k) c / B``: the reduce climbs ``ceil(log2 k)`` levels of
+    nodes and the broadcast comes down them, each level waiting for one chunk of ``c =
+    fabric.tree_chunk_bytes`` before it forwards it. ``a`` is one hop (NVLink on one node,
+    the profile's ``latency_us`` between nodes); auto: the faster of the two.
     """
     if world <= 1:
         return 0.0
     hop = NVLINK_HOP_S if world <= fabric.gpus_per_node else fabric.hop_s
-    moved = 2 * (world - 1) / world * nbytes / bus_bandwidth(world, fabric)
+    bandwidth = bus_bandwidth(world, fabric)
+    moved = 2 * (world - 1) / world * nbytes / bandwidth
     ring = moved + 2 * (world - 1) * hop
-    tree = moved + 2 * math.ceil(math.log2(world)) * hop
+    tree = moved + 2 * math.ceil(math.log2(world)) * hop + tree_fill_seconds(world, fabric, bandwidth)
     return {"ring": ring, "tree": tree}.get(algorithm, min(ring, tree))
+
+
+def tree_fill_seconds(world: int, fabric: Fabric, bandwidth: float) -> float:
+    """``2 ceil(log2 k) c / B`` over ``k = ceil(N / g)`` nodes (0 on one node): the tree's pipeline filling and
+    draining, ``c = fabric.tree_chunk_bytes``."""
+    if world <= fabric.gpus_per_node or fabric.tree_chunk_bytes <= 0:
+        return 0.0
+    nodes = math.ceil(world / fabric.gpus_per_node)
+    return 2 * math.ceil(math.log2(nodes)) * fabric.tree_chunk_bytes / bandwidth
 
 
 def exposed_allreduce(allreduce_s: float, compute_s: float, nbytes: float, bucket_bytes: float,
@@ -102,7 +116,9 @@ def calibrate_rate(per_gpu_batch: float, measured_step_s: float, floor_s: float,
             raise ConfigError(f"a measured step of {measured_step_s * 1000:.2f} ms leaves nothing for compute "
                               f"after the {floor_s * 1000:.2f} ms floor and {exposed * 1000:.2f} ms of allreduce: "
                               "lower step_floor_ms or check the interconnect fields")
-        rate = per_gpu_batch / left
+        rate, before = per_gpu_batch / left, rate
+        if rate == before:
+            break
     return rate
 
 

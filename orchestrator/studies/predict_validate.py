@@ -1,12 +1,15 @@
 """``podrun predict --validate FILE``: the predictor against published results it was not fitted on.
 
-The model has one constant that no single run measures: the per-step floor. For the rows of
-a round R it is the floor (0 to 20 ms, in 0.1 ms steps) that minimises the median |error|
-of the multi-node rows of every *other* round with RCPs in the pool (by default the
-published rows podrun ships, ``bench/mlperf/resnet_results.yaml``): leave-one-round-out.
-So no row is ever predicted with a floor fitted on its own round, whatever file it comes
-from. Rounds before 1.0 had no RCPs: they are predicted and reported, never counted, and
-never in the pool (their epochs term is wrong, docs/PREDICTION.md).
+The model has two constants that no single run measures: the per-step floor and the chunk
+the allreduce's tree forwards level by level across nodes
+(:func:`orchestrator.studies.predict_model.tree_fill_seconds`). For the rows of a round R
+they are the pair (floor 0 to 20 ms in 0.1 ms steps, chunk 0 to 64 MiB in 4 MiB steps)
+that minimises the median |error| of the multi-node rows of every *other* round with RCPs
+in the pool (by default the published rows podrun ships,
+``bench/mlperf/resnet_results.yaml``): leave-one-round-out. So no row is ever predicted
+with constants fitted on its own round, whatever file it comes from. Rounds before 1.0 had
+no RCPs: they are predicted and reported, never counted, and never in the pool (their
+epochs term is wrong, docs/PREDICTION.md).
 """
 
 from __future__ import annotations
@@ -21,14 +24,20 @@ from orchestrator.studies.predict_mlperf import (
     RESULTS_FILE,
     TOLERANCE,
     Check,
+    NodeType,
+    ResultRow,
     ResultsFile,
     check_results,
+    check_system,
     load_results,
     markdown_table,
+    systems,
     within,
 )
 
 FLOOR_GRID_MS = tuple(step / 10 for step in range(201))  # 0 to 20 ms
+CHUNK_GRID_MIB = tuple(float(size) for size in range(0, 65, 4))  # 0 to 64 MiB
+Grid = dict[tuple[float, float], list[float] | None]  # (chunk, floor): the errors of a system's counted rows
 
 
 def rounds_of(results: ResultsFile) -> list[str]:
@@ -43,43 +52,65 @@ def only(results: ResultsFile, keep) -> ResultsFile | None:
     return results.model_copy(update={"results": rows}) if rows else None
 
 
-def median_error(pool: ResultsFile, floor_ms: float) -> float:
-    """The median |error| of the pool's counted rows with this floor (inf: none)."""
-    errors = [abs(check.error) for check in check_results(pool, floor_ms) if check.counted and check.error is not None]
-    return statistics.median(errors) if errors else float("inf")
+def system_grid(rows: list[ResultRow], node: NodeType) -> Grid:
+    """One system's counted errors at each (chunk, floor) of the grids; None where a floor is longer than its
+    calibration row's step allows (and every longer floor)."""
+    grid: Grid = {}
+    for chunk in CHUNK_GRID_MIB:
+        too_long = False
+        for floor in FLOOR_GRID_MS:
+            if not too_long:
+                try:
+                    checks = check_system(rows, node, floor, chunk)
+                except ConfigError:  # the floor is longer than the calibration row's step
+                    too_long = True
+            grid[chunk, floor] = None if too_long else [check.error for check in checks
+                                                        if check.counted and check.error is not None]
+    return grid
 
 
-def fit_floor(pool: ResultsFile) -> float:
-    """The floor of :data:`FLOOR_GRID_MS` with the smallest median |error| over the pool (the lowest on a tie).
+def pool_grids(pool: ResultsFile) -> list[tuple[str, Grid]]:
+    """(round, :func:`system_grid`) of each system of the pool's rounds with RCPs (the only rows counted)."""
+    fitted = only(pool, lambda row: row.round_key >= FIRST_RCP_ROUND)
+    return [(rows[0].round, system_grid(rows, fitted.hardware[rows[0].hardware]))
+            for rows in systems(fitted)] if fitted else []
 
-    A floor the pool's calibration steps cannot hold ends the search.
+
+def fit_constants(pool: ResultsFile, held: str | None = None,
+                  grids: list[tuple[str, Grid]] | None = None) -> tuple[float, float]:
+    """(floor ms, chunk MiB): the pair of the grids with the smallest median |error| over the counted rows of
+    the pool's rounds other than ``held`` (the smallest chunk, then the smallest floor, on a tie).
+
+    A floor that a calibration row's step cannot hold ends that chunk's search.
 
     Raises:
-        ConfigError: the pool has no multi-node rows of a round with RCPs.
+        ConfigError: the pool has no multi-node rows of a round with RCPs outside ``held``.
     """
-    best, best_error = 0.0, float("inf")
-    for floor in FLOOR_GRID_MS:
-        try:
-            error = median_error(pool, floor)
-        except ConfigError:  # the floor is longer than a calibration row's step
-            break
-        if error < best_error:
-            best, best_error = floor, error
+    grids = [grid for round_, grid in (pool_grids(pool) if grids is None else grids) if round_ != held]
+    best, best_error = (0.0, 0.0), float("inf")
+    for chunk in CHUNK_GRID_MIB:
+        for floor in FLOOR_GRID_MS:
+            parts = [grid[chunk, floor] for grid in grids]
+            if any(part is None for part in parts):
+                break
+            errors = [abs(error) for part in parts for error in part]
+            if errors and statistics.median(errors) < best_error:
+                best, best_error = (floor, chunk), statistics.median(errors)
     if best_error == float("inf"):
-        raise ConfigError("no multi-node rows of rounds 1.0 and later to fit the step floor on")
+        raise ConfigError("no multi-node rows of rounds 1.0 and later to fit the step floor and the tree's chunk on"
+                          + (f" outside round {held}" if held else ""))
     return best
 
 
 def leave_one_round_out(results: ResultsFile, pool: ResultsFile) -> tuple[list[Check], list[Check]]:
-    """Each round's rows with the floor fitted on the pool's other rounds; and the same rows with no floor."""
-    checks, free = [], []
+    """Each round's rows with the floor and chunk fitted on the pool's other rounds; and the same rows with
+    neither (no floor, a chunk of 0)."""
+    checks, free, grids = [], [], pool_grids(pool)
     for round_ in rounds_of(results):
         rows = only(results, lambda row, kept=round_: row.round == kept)
-        others = only(pool, lambda row, held=round_: row.round != held and row.round_key >= FIRST_RCP_ROUND)
-        if others is None:
-            raise ConfigError(f"no rounds other than {round_} with RCPs to fit the step floor on")
-        checks += check_results(rows, fit_floor(others))
-        free += check_results(rows, 0.0)
+        floor, chunk = fit_constants(pool, round_, grids)
+        checks += check_results(rows, floor, chunk)
+        free += check_results(rows, 0.0, 0.0)
     return checks, free
 
 
@@ -92,7 +123,8 @@ def rcp_release() -> str:
 
 
 def validate_report(path: Path, pool_path: Path = RESULTS_FILE) -> str:
-    """The table, how the floors were fitted, the uncounted earlier rounds and, last, ``N of M within ±20%``.
+    """The table, how the constants were fitted and their values, the uncounted earlier rounds and, last,
+    ``N of M within ±20%``.
 
     Raises:
         ConfigError: a file is missing or malformed, or the pool has nothing to fit on.
@@ -100,9 +132,14 @@ def validate_report(path: Path, pool_path: Path = RESULTS_FILE) -> str:
     results, pool = load_results(path), load_results(pool_path)
     checks, free = leave_one_round_out(results, pool)
     early = [check for check in checks if check.multi_node and not check.counted]
+    fitted = {check.row.round: (check.floor_ms, check.chunk_mib) for check in checks}
     lines = [markdown_table(checks, free),
-             f"step floor of each round: the one ({FLOOR_GRID_MS[0]:g}-{FLOOR_GRID_MS[-1]:g} ms) with the smallest "
-             f"median |error| over the multi-node rows of the other rounds with RCPs in {_shown(pool_path)}",
+             f"step floor and tree chunk of each round: the pair (floor {FLOOR_GRID_MS[0]:g}-{FLOOR_GRID_MS[-1]:g} ms "
+             f"by {FLOOR_GRID_MS[1]:g}, chunk {CHUNK_GRID_MIB[0]:g}-{CHUNK_GRID_MIB[-1]:g} MiB by "
+             f"{CHUNK_GRID_MIB[1]:g}) with the smallest median |error| over the multi-node rows of the other rounds "
+             f"with RCPs in {_shown(pool_path)} (on a tie the smallest chunk, then the smallest floor)",
+             "fitted, round: floor ms / chunk MiB: " + ", ".join(
+                 f"{round_}: {floor:.1f} / {chunk:g}" for round_, (floor, chunk) in fitted.items()),
              f"epochs: RCPs of mlperf-logging {rcp_release()}"]
     if early:
         inside = sum(abs(check.error) <= TOLERANCE for check in early)
