@@ -65,6 +65,24 @@ def test_a_rank_s_sender_keeps_the_model_for_after_the_ranks(tmp_path):
     assert replay_spool(spool, released_at=2000.0, run_info_dir=ckpt) == 0  # once: not sent or measured again
 
 
+@pytest.mark.fast
+def test_registering_a_model_leaves_the_launcher_s_mlflow_environment_as_it_was(tmp_path, monkeypatch):
+    """The launcher registers models (after a Slurm job, in a sweep): later jobs and children keep their store."""
+    import mlflow
+
+    from jobs.tracking.model_registry import fluent_target
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = MlflowClient(uri).create_experiment("e")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://users-own-server:5000")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    before = mlflow.get_tracking_uri()
+    with fluent_target(uri, experiment):
+        assert mlflow.get_tracking_uri() == uri and os.environ["MLFLOW_EXPERIMENT_ID"] == experiment
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://users-own-server:5000"
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ and mlflow.get_tracking_uri() == before
+
+
 RANK = textwrap.dedent("""
     import sys, time
     from pathlib import Path

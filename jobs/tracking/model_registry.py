@@ -15,7 +15,10 @@ tag (and its description) says so and names the checkpoint instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,16 +126,48 @@ def _log(experiment_id: str, run_id: str, tracking_uri: str, record: dict[str, A
     import mlflow
     import torch
 
-    mlflow.set_tracking_uri(tracking_uri)
-    # without it the logged model would join the Default experiment (and its artifacts ./mlruns)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return mlflow.pytorch.log_model(
-        model, name=ARTIFACT_NAME, run_id=run_id, registered_model_name=record["name"], signature=model_signature,
-        input_example=inputs if len(inputs) > 1 else inputs[0], extra_files=[record["inputs"]],
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        metadata={"podrun": {"task": task_ref(record), "model_config": record["model_config"]}},
-        validate_serving_input=False,  # `podrun export` checks the saved model against torch
-    )
+    # without the experiment the logged model would join the Default one (and its artifacts ./mlruns)
+    with fluent_target(tracking_uri, experiment_id):
+        return mlflow.pytorch.log_model(
+            model, name=ARTIFACT_NAME, run_id=run_id, registered_model_name=record["name"],
+            signature=model_signature, input_example=inputs if len(inputs) > 1 else inputs[0],
+            extra_files=[record["inputs"]],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            metadata={"podrun": {"task": task_ref(record), "model_config": record["model_config"]}},
+            validate_serving_input=False,  # `podrun export` checks the saved model against torch
+        )
+
+
+FLUENT_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+
+
+@contextlib.contextmanager
+def fluent_target(tracking_uri: str, experiment_id: str) -> Iterator[None]:
+    """MLflow's fluent API aimed at one store and experiment, and put back as it was afterwards.
+
+    ``mlflow.set_tracking_uri`` and ``mlflow.set_experiment`` also write ``MLFLOW_TRACKING_URI``
+    and ``MLFLOW_EXPERIMENT_ID`` into ``os.environ``. The model is registered in long-lived
+    processes too (``podrun launch`` after a Slurm job, a sweep, the Ray driver): left there,
+    they would aim every later job and child process (a Ray cluster, an ``sbatch``) at this
+    run's store.
+    """
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils
+
+    saved_env = {name: os.environ.get(name) for name in FLUENT_ENV}
+    saved_uri, saved_experiment = utils._tracking_uri, fluent._active_experiment_id
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment(experiment_id=experiment_id)
+        yield
+    finally:
+        utils._tracking_uri, fluent._active_experiment_id = saved_uri, saved_experiment
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _skip(client: Any, run_id: str, reason: str) -> None:
