@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -28,8 +29,11 @@ from pathlib import Path
 from pythonpath import with_repo
 from scale import BATCH, EPOCHS, REPO, STEPS, podrun, profile, start_cluster  # bench/scale.py, beside this script
 
+SENDER_WAIT = re.compile(r"\[mlflow\] (?:run recorded: the sender took|records kept for a finisher: the sender had not "
+                         r"sent the run.s last records after) ([\d.]+) s")
 
-def measure(backend: str, hosts: int, folder: Path) -> dict:
+
+def measure(backend: str, hosts: int, folder: Path, logs: Path | None = None) -> dict:
     """One run; its release time, shutdown phase and registration delay."""
     import yaml
     from mlflow import MlflowClient
@@ -54,6 +58,12 @@ def measure(backend: str, hosts: int, folder: Path) -> dict:
         wall, proc = podrun("launch", "resnet50:tiny", *extra,
                             *[arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")], env=env)
         row: dict = {"backend": backend, "ranks": hosts, "exit": proc.returncode, "wall_s": round(wall, 2)}
+        if logs is not None:  # the launch's own output, for where the time after run_stop went
+            logs.mkdir(parents=True, exist_ok=True)
+            (logs / f"{backend}-{len(list(logs.glob(backend + '-*')))}.log").write_text(proc.stdout + proc.stderr)
+        waited = SENDER_WAIT.search(proc.stdout)
+        if waited:  # rank 0 waited this long for its sender (records up to the end) before it exited
+            row["rank0_waited_for_sender_s"] = float(waited.group(1))
         records = list_records(Path(env["PODRUN_HOME"]))
         if proc.returncode != 0 or not records:
             return row | {"error": (proc.stdout + proc.stderr)[-1500:]}
@@ -77,6 +87,7 @@ def main() -> int:
     parser.add_argument("--backends", default="local,slurm,ray")
     parser.add_argument("--hosts", type=int, default=2, help="Slurm/Ray: hosts, one rank each; local: ranks")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--logs", type=Path, help="keep each launch's output in this folder")
     args = parser.parse_args()
     print(f"# {platform.node()}: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} at the start; "
           f"python {platform.python_version()}", flush=True)
@@ -84,7 +95,7 @@ def main() -> int:
         for backend in args.backends.split(","):
             load = round(os.getloadavg()[0], 2)
             with tempfile.TemporaryDirectory(prefix="podrun-release-") as tmp:
-                row = measure(backend, args.hosts, Path(tmp))
+                row = measure(backend, args.hosts, Path(tmp), args.logs)
             print(json.dumps(row | {"load_1m_before": load}), flush=True)
     return 0
 

@@ -83,6 +83,26 @@ def test_registering_a_model_leaves_the_launcher_s_mlflow_environment_as_it_was(
     assert "MLFLOW_EXPERIMENT_ID" not in os.environ and mlflow.get_tracking_uri() == before
 
 
+@pytest.mark.fast
+def test_on_a_cluster_the_rank_waits_for_its_sender_a_bounded_time_and_a_finisher_sends_the_rest(tmp_path):
+    uri, spool, ckpt = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "spool", tmp_path / "ckpt"
+    tracker = Tracker(uri, "e", spool, run_name="r", background=True, run_info_dir=ckpt, release_wait_s=0.1)
+    tracker.log_metrics({"train_loss": 1.0}, step=1)
+    began = time.monotonic()
+    # the sender is still importing MLflow: it is stopped, and the rank goes
+    assert not tracker.finish("FINISHED", (model_record(tmp_path),))
+    assert time.monotonic() - began < 5
+    assert registering((spool / "meta.json").read_text())
+    assert spool_note(spool, "job-1", "reached target").endswith("podrun sync job-1 sends them")
+
+    update_run_info(ckpt, phases_at=1000.0)
+    assert replay_spool(spool, released_at=1000.25, run_info_dir=ckpt) >= 4  # start, metrics, end, model, release
+    run = MlflowClient(uri).get_run(meta(spool)["run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["train_loss"] == 1.0
+    assert run.data.metrics["device_release_s"] == 0.25 and run.data.tags[MODEL_TAG].startswith("not logged")
+    assert meta(spool)["done"]
+
+
 RANK = textwrap.dedent("""
     import sys, time
     from pathlib import Path

@@ -28,7 +28,7 @@ from jobs.tracking.dataset_inputs import dataset_records
 from jobs.tracking.model_registry import model_record
 from jobs.tracking.run_page import result_line, run_page_record
 from jobs.tracking.store_uri import display_uri
-from jobs.tracking.tracker import Tracker
+from jobs.tracking.tracker import RELEASE_WAIT_S, SENDER_DRAIN_TIMEOUT_S, Tracker
 
 RUN_STATUS = {exit_codes.SUCCESS: "FINISHED", exit_codes.NOT_REACHED: "FINISHED", exit_codes.PREEMPTED: "KILLED",
               exit_codes.REPLACE: "KILLED"}
@@ -117,10 +117,23 @@ def open_tracker(job: ResolvedJob) -> Tracker:
     run_info = read_run_info(Path(job.checkpoint_dir))
     print(f"[mlflow] the run goes to {display_uri(job.tracking_uri)} (experiment {job.experiment})", flush=True)
     # Only the local backend lets the sender outlive its rank (a Slurm step or a Ray worker ends with its processes).
-    finish_here = ("--finish-here",) if job.backend == "local" else ()
+    # Elsewhere the rank holds its device while it waits: on Slurm at most RELEASE_WAIT_S (the attached launcher or
+    # `podrun sync` sends what is left), on Ray not at all (the job's driver always sends it once the workers are gone).
+    local = job.backend == "local"
     return Tracker(job.tracking_uri, job.experiment, Path(job.job_dir) / "mlflow-spool",
                    run_id=run_info.get("mlflow_run_id"), run_name=job.name, background=True,
-                   run_info_dir=Path(job.checkpoint_dir), sender_args=system_metrics.sender_args(job) + finish_here)
+                   run_info_dir=Path(job.checkpoint_dir),
+                   sender_args=system_metrics.sender_args(job) + (("--finish-here",) if local else ()),
+                   release_wait_s=release_wait_s(job.backend))
+
+
+def release_wait_s(backend: str) -> float:
+    """How long rank 0 waits for its sender after the run's end (see :class:`Tracker`)."""
+    if backend == "local":  # the sender outlives the rank: never waited for
+        return SENDER_DRAIN_TIMEOUT_S
+    if backend == "ray" and not os.environ.get("SLURM_JOB_ID"):  # inside an allocation the driver leaves it
+        return 0.0
+    return RELEASE_WAIT_S
 
 
 def log_hang_files(tracker: Tracker, folder: Path) -> int:
@@ -227,9 +240,17 @@ class RunTracking:
         if self.job.backend == "local":  # the sender outlives this rank and sends it all
             print(f"[mlflow] run ended: its last records and {later} go to MLflow from rank 0's sender", flush=True)
             return
-        what = "run recorded" if sent else "records kept for podrun sync"
-        print(f"[mlflow] {what}: the sender took {time.monotonic() - started:.1f} s after the run ended "
-              f"(last records; {later}, from outside the allocation)", flush=True)
+        waited = time.monotonic() - started
+        if sent:
+            print(f"[mlflow] run recorded: the sender took {waited:.1f} s after the run ended "
+                  f"(last records; {later}, from outside the allocation)", flush=True)
+        elif release_wait_s(self.job.backend) == 0.0:  # Ray: the driver always finishes
+            print(f"[mlflow] run ended: its last records and {later} go to MLflow from the job's Ray driver "
+                  "(rank 0 does not wait for them on Ray)", flush=True)
+        else:
+            print(f"[mlflow] records kept for a finisher: the sender had not sent the run's last records after "
+                  f"{waited:.1f} s; they, {later}, go from outside the allocation (the attached podrun launch, "
+                  f"or podrun sync {self.job.job_id})", flush=True)
 
     def _model_record(self, state: LoopState, metrics: dict[str, float], val_loader: Any, time_to_train: float
                       ) -> list[dict[str, Any]]:

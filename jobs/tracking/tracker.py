@@ -58,6 +58,8 @@ RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 T = TypeVar("T")
 RUN_PAGE_KINDS = ("dataset", "model", "run_page")  # sent by jobs.tracking.dataset_inputs, .model_registry, .run_page
 SENDER_DRAIN_TIMEOUT_S = 300  # finish() waits this long for the sender; the spool keeps the rest
+# On a cluster the rank holds its device while it waits: past this, what is unsent goes from outside the allocation.
+RELEASE_WAIT_S = 1.0
 MAX_MASKED_BYTES = 16 << 20  # text artifacts up to this size are masked; larger ones (timelines) go as they are
 
 
@@ -108,13 +110,18 @@ class Tracker:
         background: send from a child process (``python -m jobs.tracking.sender``).
         run_info_dir: with ``background``, the folder whose ``run.json`` gets the run id.
         sender_args: with ``background``, more arguments for the sender (its system metrics).
+        release_wait_s: how long :meth:`finish` waits for the sender to send the records up
+            to the run's end; past it the sender is stopped and the spool keeps the rest for a
+            finisher outside the allocation (the launcher, the Ray driver, ``podrun sync``).
     """
 
     def __init__(
         self, tracking_uri: str, experiment: str, spool_dir: Path, *, run_id: str | None = None,
         run_name: str | None = None, retry_interval_s: float | None = None, request_timeout_s: int = 5,
         background: bool = False, run_info_dir: Path | None = None, sender_args: tuple[str, ...] = (),
+        release_wait_s: float = SENDER_DRAIN_TIMEOUT_S,
     ) -> None:  # fmt: skip
+        self.release_wait_s = release_wait_s
         self.spool = Spool(spool_dir)
         self.retry_interval_s = default_retry_interval() if retry_interval_s is None else retry_interval_s
         self.request_timeout_s = request_timeout_s
@@ -270,7 +277,7 @@ class Tracker:
         for record in after_release:
             self._add(dict(record))
         if self._sender is None:
-            return self._wait_for_sender()
+            return self._wait_for_sender(self.release_wait_s, handed_over=True)
         if not self._flush(force=True):
             return False
         self._sender.mark_done()
@@ -304,10 +311,12 @@ class Tracker:
                 pass
         return False
 
-    def _wait_for_sender(self, timeout_s: float = SENDER_DRAIN_TIMEOUT_S) -> bool:
+    def _wait_for_sender(self, timeout_s: float = SENDER_DRAIN_TIMEOUT_S, handed_over: bool = False) -> bool:
         """Close the wake pipe and wait for the sender's go-ahead; True if the records up to the end went out.
 
         A sender that finishes the run itself is not waited for (True: it has every record).
+        ``handed_over`` (the run has ended): a sender stopped at ``timeout_s`` leaves the spool
+        marked for a finisher, which sends the rest once the ranks have exited.
         """
         if self._wake_fd is not None:
             os.close(self._wake_fd)
@@ -317,13 +326,25 @@ class Tracker:
             return True
         if self._process is not None:
             if not self._sender_released(timeout_s):
-                log.warning("tracking: the MLflow sender did not finish in %.0f s; the spool keeps the rest "
-                            "(podrun sync)", timeout_s)
                 self._process.kill()
+                self._process.wait()
+                self._process = None
+                if handed_over:
+                    self._hand_over()
+                else:
+                    log.warning("tracking: the MLflow sender did not finish in %.0f s; the spool keeps the rest "
+                                "(podrun sync)", timeout_s)
+                return False
             self._process.poll()  # not waited for: one that finishes the run itself lives on, the others exit now
             self._process = None
         meta = self.spool.read_meta()
         return bool(meta.get("done") or meta.get("registering"))
+
+    def _hand_over(self) -> None:
+        """Mark the spool of a stopped sender as waiting for a finisher (``podrun status`` says registering)."""
+        meta = self.spool.read_meta()
+        if meta and not meta.get("done"):
+            self.spool.write_meta({**meta, "registering": True})
 
     def _sender_released(self, timeout_s: float) -> bool:
         """Wait for a byte (or end of file: the sender exited) on the go-ahead pipe."""

@@ -80,6 +80,9 @@ def fit_horovod(plan: LaunchPlan) -> int:
     return int(codes[0])
 
 
+RAY_TRAIN_POLL_ENV, RAY_TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+
+
 def worker_count(world_size: int, min_workers: int | None) -> int | tuple[int, int]:
     """Ray Train's ``num_workers``: fixed, or ``(min, max)`` for an elastic run (Ray Train V2, Ray 2.60)."""
     if min_workers is None or min_workers >= world_size:
@@ -106,6 +109,10 @@ def fit(plan: LaunchPlan) -> int:
         return report(code)
     job, ray_cfg = plan.job, plan.profile.ray
     use_gpu = job.device == "cuda"
+    # Ray Train's controller sees the workers end at its next poll (2 s apart by default), and only then frees
+    # them: part of device_release_s. The driver passes this to the controller (Ray Train's ENV_VARS_TO_PROPAGATE);
+    # a poll that takes longer is awaited at the next one, not counted as a failure.
+    os.environ.setdefault(RAY_TRAIN_POLL_ENV, RAY_TRAIN_POLL_S)
     resources = ray_cfg.resources_per_worker or ({"GPU": 1} if use_gpu else {"CPU": 1})
     trainer = TorchTrainer(
         worker_main,
