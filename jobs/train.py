@@ -19,14 +19,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import socket
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -42,6 +40,7 @@ from jobs.rank.mlperf_log import MlperfLogger, log_submission
 from jobs.rank.optim import build_optimizer, learning_rate, set_learning_rate
 from jobs.rank.phases import PhaseClock, remember_end, remember_start
 from jobs.rank.precision import autocast_for, check_precision, grad_scaler
+from jobs.rank.rng import rng_state, seed_everything, set_rng_state
 from jobs.rank.state import LoopState
 from jobs.rank.stopping import StopFlag, StopVote
 from jobs.rank.stragglers import Comparison, Stragglers
@@ -62,40 +61,6 @@ class Window:
         self.micro_batches += 1
 
 
-def rng_state() -> dict[str, Any]:
-    """This rank's RNG streams as tensors, numbers and lists: a checkpoint loads them with ``weights_only=True``."""
-    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-        "python": [int(version), [int(word) for word in internal], gauss_next],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(saved: list[dict[str, Any]], rank: int, world_size: int) -> None:
-    """Restore this rank's RNG streams (rank 0's if the checkpoint came from another world size).
-
-    Reads both formats: numpy's state as a dict holding a tensor, or (checkpoints of the previous
-    format) numpy's own tuple; python's as a list or a tuple.
-    """
-    state = saved[rank] if len(saved) == world_size else saved[0]
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    if isinstance(numpy_state, dict):
-        numpy_state = (numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
-                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
-    np.random.set_state(numpy_state)
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def unwrapped_state(state: dict[str, Any]) -> dict[str, Any]:
     """A model state dict without the key prefixes of wrappers (``torch.compile``, DDP).
 
@@ -110,12 +75,6 @@ def unwrapped_state(state: dict[str, Any]) -> dict[str, Any]:
 
 def say(message: str) -> None:
     print(message, flush=True)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class Trainer:

@@ -23,7 +23,7 @@ from jobs.contract import exit_codes
 from jobs.contract.checkpoint_index import checksum_path, file_sha256
 from jobs.contract.errors import UntrustedCheckpointError
 from jobs.rank.checkpoint import load_checkpoint, load_resumable, save_checkpoint
-from jobs.train import rng_state, set_rng_state
+from jobs.rank.rng import rng_state, set_rng_state
 from orchestrator.cli import main
 from tests.conftest import REPO
 
