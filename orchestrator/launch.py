@@ -111,8 +111,10 @@ def launch(request: LaunchRequest, on_submitted: Callable[[LaunchPlan, JobRecord
         backend.detach(record)
         print(f"follow it with: podrun logs {record.job_id} -f")
         return exit_codes.SUCCESS
-    # On the local backend rank 0's sender finishes the run once the ranks exit: it waits for our phases.
-    attached = Spool(Path(record.job_dir) / "mlflow-spool") if record.backend == "local" else None
+    # Local: rank 0's sender finishes the run once the ranks exit, and waits for our phases. Slurm: this launcher
+    # sends what the ranks left once the allocation has ended, so rank 0 waits for its sender only briefly.
+    attached = Spool(Path(record.job_dir) / "mlflow-spool") if record.backend == "local" else (
+        local_spool(record) if record.backend == "slurm" else None)
     if attached is not None:
         attached.attach_launcher()
     try:

@@ -7,6 +7,7 @@ and says what happened, then resumes it and checks the result against an uninter
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -131,7 +132,16 @@ def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(podrun_
     first = list_records(podrun_home)[0]
     # Early in epoch 1, so that the two resumes below still have steps to train when they are hurt.
     wait_for_step(Path(first.job_dir) / "logs" / "rank0.log", 1, 2)
+    # Hold the ranks until the launcher and tee are gone: on a loaded box the job's last steps
+    # could otherwise end it before the stop reaches them (then there is nothing to cancel).
+    ranks = rank_pids(first.job_dir)
+    for pid in ranks:
+        kill(pid, signal.SIGSTOP)
     os.killpg(shell.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        shell.wait(timeout=30)  # tee is gone: the launcher's next line breaks its pipe
+    for pid in ranks:  # the forwarded SIGTERM is pending; it lands now
+        kill(pid, signal.SIGCONT)
     line, _ = wait_ended(first.job_id, capsys, timeout=RANK_GRACE_S + 60)
     assert "CANCELLED" in line, line
     shell.wait(timeout=60)

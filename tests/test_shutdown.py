@@ -103,6 +103,24 @@ def test_on_a_cluster_the_rank_waits_for_its_sender_a_bounded_time_and_a_finishe
     assert meta(spool)["done"]
 
 
+@pytest.mark.fast
+def test_how_long_rank_0_waits_for_its_sender_depends_on_who_finishes_the_run(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from jobs.tracking.run_tracking import release_wait_s
+    from jobs.tracking.tracker import RELEASE_WAIT_S, SENDER_DRAIN_TIMEOUT_S
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    job = SimpleNamespace(backend="slurm", job_dir=str(tmp_path))
+    assert release_wait_s(job) == SENDER_DRAIN_TIMEOUT_S  # detached: nobody else sends the records up to the end
+    Spool(tmp_path / "mlflow-spool").attach_launcher()
+    assert release_wait_s(job) == RELEASE_WAIT_S  # the attached launcher sends the rest after the allocation
+    assert release_wait_s(SimpleNamespace(backend="ray", job_dir=str(tmp_path))) == 0.0  # the driver always does
+    monkeypatch.setenv("SLURM_JOB_ID", "7")  # Ray inside an allocation: its driver leaves it to the launcher
+    assert release_wait_s(SimpleNamespace(backend="ray", job_dir=str(tmp_path))) == RELEASE_WAIT_S
+    assert release_wait_s(SimpleNamespace(backend="local", job_dir=str(tmp_path))) == SENDER_DRAIN_TIMEOUT_S
+
+
 RANK = textwrap.dedent("""
     import sys, time
     from pathlib import Path

@@ -27,6 +27,7 @@ from jobs.tracking import system_metrics
 from jobs.tracking.dataset_inputs import dataset_records
 from jobs.tracking.model_registry import model_record
 from jobs.tracking.run_page import result_line, run_page_record
+from jobs.tracking.spool import LAUNCHER_FILE
 from jobs.tracking.store_uri import display_uri
 from jobs.tracking.tracker import RELEASE_WAIT_S, SENDER_DRAIN_TIMEOUT_S, Tracker
 
@@ -124,16 +125,25 @@ def open_tracker(job: ResolvedJob) -> Tracker:
                    run_id=run_info.get("mlflow_run_id"), run_name=job.name, background=True,
                    run_info_dir=Path(job.checkpoint_dir),
                    sender_args=system_metrics.sender_args(job) + (("--finish-here",) if local else ()),
-                   release_wait_s=release_wait_s(job.backend))
+                   release_wait_s=release_wait_s(job))
 
 
-def release_wait_s(backend: str) -> float:
-    """How long rank 0 waits for its sender after the run's end (see :class:`Tracker`)."""
-    if backend == "local":  # the sender outlives the rank: never waited for
+def release_wait_s(job: ResolvedJob) -> float:
+    """How long rank 0 waits for its sender after the run's end, holding its device (see :class:`Tracker`).
+
+    Local: not at all, the sender outlives the rank. Ray: not at all, the job's driver sends
+    the rest once the workers are gone (not inside a Slurm allocation, where it leaves it).
+    Slurm: at most ``RELEASE_WAIT_S`` while an attached ``podrun launch`` said it will send the
+    rest after the allocation (its mark in the spool); a detached job's rank waits until its
+    records up to the end are sent, so that its MLflow run is complete without ``podrun sync``.
+    """
+    if job.backend == "local":
         return SENDER_DRAIN_TIMEOUT_S
-    if backend == "ray" and not os.environ.get("SLURM_JOB_ID"):  # inside an allocation the driver leaves it
+    if job.backend == "ray" and not os.environ.get("SLURM_JOB_ID"):
         return 0.0
-    return RELEASE_WAIT_S
+    if (Path(job.job_dir) / "mlflow-spool" / LAUNCHER_FILE).is_file():
+        return RELEASE_WAIT_S
+    return SENDER_DRAIN_TIMEOUT_S
 
 
 def log_hang_files(tracker: Tracker, folder: Path) -> int:
@@ -235,6 +245,7 @@ class RunTracking:
             after_release += self._model_record(state, metrics, val_loader, time_to_train)
         after_release.append(run_page_record(self.job, code))
         started = time.monotonic()
+        self.tracker.release_wait_s = release_wait_s(self.job)  # an attached launcher may have come or gone
         sent = self.tracker.finish(RUN_STATUS.get(code, "FAILED"), tuple(after_release))
         later = ("the model and run page" if len(after_release) > 1 else "the run page") + " once the ranks have exited"
         if self.job.backend == "local":  # the sender outlives this rank and sends it all
@@ -244,7 +255,7 @@ class RunTracking:
         if sent:
             print(f"[mlflow] run recorded: the sender took {waited:.1f} s after the run ended "
                   f"(last records; {later}, from outside the allocation)", flush=True)
-        elif release_wait_s(self.job.backend) == 0.0:  # Ray: the driver always finishes
+        elif release_wait_s(self.job) == 0.0:  # Ray: the driver always finishes
             print(f"[mlflow] run ended: its last records and {later} go to MLflow from the job's Ray driver "
                   "(rank 0 does not wait for them on Ray)", flush=True)
         else:
