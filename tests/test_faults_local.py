@@ -126,8 +126,11 @@ def test_the_launcher_dying_stops_its_job_and_a_second_resume_is_refused(podrun_
     tee_log = tmp_path / "tee.log"
     command = f"python -m orchestrator launch {' '.join(LOCAL_JOB)} | tee {tee_log}"
     path = f"{Path(sys.executable).parent}:{env['PATH']}"
-    shell = subprocess.Popen(["bash", "-c", command], env=env | {"PATH": path},
-                             cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Ctrl-C as in a terminal: SIGINT's default action, even when pytest itself was started in the background
+    # (`cmd &` in a script ignores SIGINT, and so would bash, the launcher and tee).
+    shell = subprocess.Popen(["bash", "-c", command], env=env | {"PATH": path}, cwd=REPO, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_until(lambda: list_records(podrun_home), "the job record", 120)
     first = list_records(podrun_home)[0]
     # Early in epoch 1, so that the two resumes below still have steps to train when they are hurt.
