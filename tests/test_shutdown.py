@@ -86,7 +86,9 @@ def test_registering_a_model_leaves_the_launcher_s_mlflow_environment_as_it_was(
 @pytest.mark.fast
 def test_on_a_cluster_the_rank_waits_for_its_sender_a_bounded_time_and_a_finisher_sends_the_rest(tmp_path):
     uri, spool, ckpt = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "spool", tmp_path / "ckpt"
-    tracker = Tracker(uri, "e", spool, run_name="r", background=True, run_info_dir=ckpt, release_wait_s=0.1)
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("e")).info.run_id  # a resumed run: the store exists
+    tracker = Tracker(uri, "e", spool, run_id=run_id, background=True, run_info_dir=ckpt, release_wait_s=0.1)
     tracker.log_metrics({"train_loss": 1.0}, step=1)
     began = time.monotonic()
     # the sender is still importing MLflow: it is stopped, and the rank goes
@@ -97,10 +99,23 @@ def test_on_a_cluster_the_rank_waits_for_its_sender_a_bounded_time_and_a_finishe
 
     update_run_info(ckpt, phases_at=1000.0)
     assert replay_spool(spool, released_at=1000.25, run_info_dir=ckpt) >= 4  # start, metrics, end, model, release
-    run = MlflowClient(uri).get_run(meta(spool)["run_id"])
+    run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["train_loss"] == 1.0
     assert run.data.metrics["device_release_s"] == 0.25 and run.data.tags[MODEL_TAG].startswith("not logged")
     assert meta(spool)["done"]
+
+
+@pytest.mark.fast
+def test_a_sender_that_has_not_created_the_run_yet_is_not_stopped(tmp_path):
+    """Stopped while it creates a sqlite store's tables, it would leave a store no finisher can open."""
+    uri, spool = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "spool"
+    tracker = Tracker(uri, "e", spool, run_name="r", background=True, run_info_dir=tmp_path / "ckpt",
+                      release_wait_s=0.1)
+    tracker.log_metrics({"train_loss": 1.0}, step=1)
+    tracker.finish("FINISHED", (model_record(tmp_path),))
+    run_id = meta(spool)["run_id"]  # it returned only once the run existed
+    assert replay_spool(spool, released_at=None, run_info_dir=None) >= 0
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
 
 
 @pytest.mark.fast

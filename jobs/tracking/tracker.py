@@ -325,7 +325,7 @@ class Tracker:
             self._process = None
             return True
         if self._process is not None:
-            if not self._sender_released(timeout_s):
+            if not self._sender_released(timeout_s, until_run=handed_over):
                 self._process.kill()
                 self._process.wait()
                 self._process = None
@@ -346,12 +346,21 @@ class Tracker:
         if meta and not meta.get("done"):
             self.spool.write_meta({**meta, "registering": True})
 
-    def _sender_released(self, timeout_s: float) -> bool:
-        """Wait for a byte (or end of file: the sender exited) on the go-ahead pipe."""
+    def _sender_released(self, timeout_s: float, until_run: bool = False) -> bool:
+        """Wait for a byte (or end of file: the sender exited) on the go-ahead pipe.
+
+        ``until_run``: past ``timeout_s``, go on waiting while the sender has not created the
+        run yet. Stopped while it creates a sqlite store's tables (several commits), it would
+        leave a store that no finisher can open ("table ... already exists").
+        """
         if self._ack_fd is None:
             return True
         try:
             readable, _, _ = select.select([self._ack_fd], [], [], timeout_s)
+            deadline = time.monotonic() + SENDER_DRAIN_TIMEOUT_S
+            while until_run and not readable and not self.spool.read_meta().get("run_id") \
+                    and time.monotonic() < deadline:
+                readable, _, _ = select.select([self._ack_fd], [], [], 0.05)
             return bool(readable)
         finally:
             os.close(self._ack_fd)
