@@ -6,7 +6,7 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -22,11 +22,8 @@ from orchestrator.backends.base import Backend
 from orchestrator.spec.jobstore import SUCCEEDED, JobRecord
 
 
-def follow_job(backend: Backend, record: JobRecord,
-               on_line: Callable[[str], None] | None = None) -> tuple[int, JobRecord | None]:
+def follow_job(backend: Backend, record: JobRecord) -> tuple[int, JobRecord | None]:
     """Show rank 0's output until the job ends; Ctrl-C cancels it (after a checkpoint).
-
-    ``on_line`` sees each line before it is shown (the launcher watches for the run's end).
 
     The rank log holds podrun's lines only: MLflow's own go to ``logs/tracking.log``
     (:func:`jobs.tracking.system_metrics.divert_library_output`). :func:`print_summary` says
@@ -42,11 +39,11 @@ def follow_job(backend: Backend, record: JobRecord,
     console = Console()
     try:
         try:
-            _show(_watched(backend.logs(record, follow=True), on_line), console)
+            _show(backend.logs(record, follow=True), console)
         except KeyboardInterrupt:
             backend.cancel(record)  # first: printing may fail if the terminal's pipe is gone
             console.print("[yellow]interrupted: asking the ranks to checkpoint and stop...[/]")
-            _show(_watched(backend.logs(record, follow=True), on_line), console, skip_seen=True)
+            _show(backend.logs(record, follow=True), console, skip_seen=True)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         print(f"podrun: output closed; {record.job_id} is no longer followed", file=sys.stderr)
@@ -55,13 +52,6 @@ def follow_job(backend: Backend, record: JobRecord,
     record = backend.status(record)
     code = record.exit_code if record.exit_code is not None else (0 if record.state == SUCCEEDED else 1)
     return code, record
-
-
-def _watched(lines: Iterator[str], on_line: Callable[[str], None] | None) -> Iterator[str]:
-    for line in lines:
-        if on_line is not None:
-            on_line(line)
-        yield line
 
 
 def _show(lines: Iterator[str], console: Console, skip_seen: bool = False) -> None:

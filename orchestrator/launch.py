@@ -21,7 +21,7 @@ from orchestrator.console import follow_job, print_summary
 from orchestrator.errors import DataError, PodrunError
 from orchestrator.spec.jobspec import LaunchPlan
 from orchestrator.spec.jobstore import JobRecord, is_terminal
-from orchestrator.studies.run_phases import load_charts_early, record_phases
+from orchestrator.studies.run_phases import record_phases
 
 
 @dataclass
@@ -118,7 +118,7 @@ def launch(request: LaunchRequest, on_submitted: Callable[[LaunchPlan, JobRecord
     if attached is not None:
         attached.attach_launcher()
     try:
-        code, ended = follow_job(backend, record, on_line=_on_run_stop(load_charts_early))
+        code, ended = follow_job(backend, record)
         if ended is not None and is_terminal(ended.state):
             finish_run(ended, say=lambda text: print(text, flush=True))
             ended = backend.status(ended)  # no longer "registering"
@@ -128,18 +128,6 @@ def launch(request: LaunchRequest, on_submitted: Callable[[LaunchPlan, JobRecord
     if ended is not None:
         print_summary(ended)  # last: the commands to copy end the output
     return code
-
-
-def _on_run_stop(then: Callable[[], None]) -> Callable[[str], None]:
-    """A line watcher that calls ``then`` once, at rank 0's ``[done]`` line (the run has stopped)."""
-    seen: list[bool] = []
-
-    def watch(line: str) -> None:
-        if not seen and line.startswith("[done]"):
-            seen.append(True)
-            then()
-
-    return watch
 
 
 def local_spool(record: JobRecord) -> Spool | None:

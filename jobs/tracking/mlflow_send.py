@@ -9,6 +9,7 @@ The run page's records are sent by their own modules, also only in the sender:
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,6 +67,25 @@ def send_records(client: Any, run_id: str, group: list[dict[str, Any]], artifact
         log_trained_model(client, run_id, tracking_uri, record)
     elif kind == "run_page":
         publish_run_page(client, run_id, record)
+    elif kind == "phases_chart":
+        send_phases_chart(client, run_id, record)
+
+
+def send_phases_chart(client: Any, run_id: str, record: dict[str, Any]) -> None:
+    """Draw the launcher's phases chart here (this process has matplotlib loaded) and upload it.
+
+    A chart that cannot be drawn is skipped with a warning; raises what MLflow raises.
+    """
+    with tempfile.TemporaryDirectory(prefix="podrun-phases-") as folder:
+        try:
+            from jobs.tracking.run_charts import stacked_phases
+
+            rows = [(str(label), dict(phases)) for label, phases in record["rows"]]
+            png = stacked_phases(rows, Path(folder) / "phases.png", record["title"])
+        except Exception as exc:  # noqa: BLE001 - a chart is not worth a stuck spool
+            log.warning("tracking: phases chart not drawn (%s: %s)", type(exc).__name__, exc)
+            return
+        client.log_artifact(run_id, str(png), record.get("artifact_path"))
 
 
 def send_params(client: Any, run_id: str, params: list[Any], size: int = PARAMS_PER_BATCH) -> None:

@@ -4,7 +4,8 @@ One spool holds one MLflow run; a job keeps its spool across attempts. Layout::
 
     meta.json       tracking_uri, experiment, run_name, run_id (once known), done,
                     registering (the ranks have exited; the model and run page are still to send)
-    records.jsonl   append-only: {"seq", "kind", ...} for start/params/tags/metrics/artifact/end
+    records.jsonl   append-only: {"seq", "kind", ...} for start/params/tags/metrics/artifact/end,
+                    the run page's records and the launcher's phases chart
     sent.jsonl      append-only: {"seq", "ok"}; records are sent in order, so the highest
                     seq is the watermark and nothing is sent twice
     artifacts/<seq>/  a copy of an artifact that could not be sent when it was logged
@@ -200,6 +201,8 @@ RECORD_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "dataset": {"name": str, "context": str, "paths": list},
     "model": {"checkpoint": str, "inputs": str, "model_config": dict, "name": str},  # and "task" (or an old "arch")
     "run_page": {"metric": str, "unit": str, "code": int, "command": str},
+    # the launcher's phases chart ([[label, {phase: seconds}]]), drawn by whoever sends it
+    "phases_chart": {"rows": list, "title": str},
 }
 
 

@@ -6,6 +6,7 @@ anything live.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -64,9 +65,15 @@ class JobRecord:
             OSError: it cannot be read.
             ValueError: it is not a job record (not JSON, or fields of the wrong type).
         """
-        from pydantic import TypeAdapter
+        return _record_adapter().validate_json(Path(path).read_bytes())
 
-        return TypeAdapter(cls).validate_json(Path(path).read_bytes())
+
+@functools.cache
+def _record_adapter() -> Any:
+    """pydantic's validator of a record, built once per process (about 4 ms each time: a launch polls the record)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(JobRecord)
 
 
 def jobs_root(home: Path) -> Path:

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from jobs.tracking.run_charts import stacked_phases
 from orchestrator.errors import PodrunError
-from orchestrator.studies.plots import line_chart, stacked_phases
+from orchestrator.studies.plots import line_chart
 from orchestrator.studies.predict import run_figures
 from orchestrator.studies.predict_model import Fabric, Workload, calibrate, predict_scale
 from orchestrator.studies.run_phases import RUN_PHASES

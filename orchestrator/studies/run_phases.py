@@ -22,14 +22,14 @@ figures is how small ``other`` stays, and the table prints it beside the rest. O
 add up to the wall time plus the device compute that overlapped a host phase.
 :func:`phase_breakdown` computes them, :func:`record_phases` logs them to the run as
 ``phase_<name>_s`` metrics plus a stacked-bar PNG, and prints one short table. Where the job's
-MLflow spool is on this machine, they are queued there and sent with the rest of the run's
-last records, so the launcher does not import MLflow for them.
+MLflow spool is on this machine, they are queued there (the chart as a ``phases_chart`` record
+that the sender draws) and sent with the rest of the run's last records, so the launcher
+imports neither MLflow nor matplotlib for them.
 """
 
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +37,9 @@ from typing import Any
 
 from jobs.contract.checkpoint_index import read_run_info
 from jobs.rank.phases import phase_metrics
+from jobs.tracking.run_charts import PHASE_ORDER, stacked_phases
 from jobs.tracking.spool import Spool
 from orchestrator.spec.jobstore import JobRecord, find_record
-from orchestrator.studies.plots import PHASE_ORDER, stacked_phases
 
 # The order the table, the sweep report and the stacked bars list the phases in: ``other`` (what no rank clock
 # measured) comes after the measured rank phases.
@@ -153,27 +153,15 @@ def spooled_metric(spool: Spool, name: str) -> float | None:
 
 
 def _queue(spool: Spool, breakdown: Breakdown, name: str) -> None:
-    """The phases as spool records: one metrics record and the chart as an artifact."""
+    """The phases as spool records: one metrics record, and the chart for the sender to draw (``phases_chart``)."""
     now = int(time.time() * 1000)
     spool.append_next({"kind": "metrics", "metrics": breakdown_metrics(breakdown), "step": 0, "timestamp": now})
-    png = stacked_phases([(name, breakdown.phases)], spool.root / "phases" / "phases.png",
-                         f"where the {breakdown.wall_s:.0f} s went")
-    spool.append_next({"kind": "artifact", "src": str(png), "artifact_path": "phases"})
+    spool.append_next({"kind": "phases_chart", "rows": [[name, breakdown.phases]],
+                       "title": chart_title(breakdown), "artifact_path": "phases"})
 
 
-def load_charts_early() -> None:
-    """Import matplotlib in a thread (about 0.4 s), so that the phases chart is drawn as soon as the job ends."""
-
-    def load() -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot  # noqa: F401
-        except Exception:  # noqa: BLE001 - drawing the chart says what is wrong
-            pass
-
-    threading.Thread(target=load, name="podrun-charts", daemon=True).start()
+def chart_title(breakdown: Breakdown) -> str:
+    return f"where the {breakdown.wall_s:.0f} s went"
 
 
 def _client(tracking_uri: str) -> Any:
@@ -199,5 +187,5 @@ def _log(client: Any, run_id: str, breakdown: Breakdown, name: str) -> None:
     client.log_batch(run_id, metrics=metrics)
     with tempfile.TemporaryDirectory() as folder:
         png = stacked_phases([(name, breakdown.phases)], Path(folder) / "phases.png",
-                             f"where the {breakdown.wall_s:.0f} s went")
+                             chart_title(breakdown))
         client.log_artifact(run_id, str(png), "phases")
