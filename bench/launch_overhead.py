@@ -5,7 +5,8 @@
 
 The job: the ResNet-50 ``tiny`` preset on synthetic data, ``--steps`` optimizer steps per
 rank, one evaluation and one checkpoint. The bare script (:mod:`bench.bare_tiny`) does the
-same work with the same model and no podrun code, with podrun's default torch threads (the
+same work with the same model and no podrun code, with the torch threads podrun's job uses
+(the preset's ``train.cpu_threads``, read from the warm-up job's resolved config, else the
 cores over the ranks). Baselines, each timed as processes from the command to the last exit:
 
 - ``direct``: the ranks started by this script as plain processes with ``RANK``,
@@ -40,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
 from pythonpath import with_repo  # bench/pythonpath.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +55,13 @@ def podrun_command(ranks: int, steps: int) -> list[str]:
     return [sys.executable, "-m", "orchestrator", "launch", "resnet50:tiny", "--set", f"tasks_per_node={ranks}",
             "--set", "data.backend=synthetic", "--set", f"data.synthetic_samples={BATCH * steps * ranks}",
             "--set", "train.epochs=1", "--set", "eval.target=1.0"]
+
+
+def preset_threads(home: Path) -> int | None:
+    """``train.cpu_threads`` of the newest job's resolved config (the tiny preset pins it), or None."""
+    job_dir = max((home / "jobs").iterdir(), key=lambda path: path.stat().st_mtime)
+    config = yaml.safe_load((job_dir / "config.resolved.yaml").read_text())
+    return config["recipe"]["train"].get("cpu_threads")
 
 
 def free_port() -> int:
@@ -184,7 +193,7 @@ def print_breakdown(stages: dict, ranks: int) -> None:
         print(f"  {name:<24} {mine:7.2f} {other} {mine - (theirs or 0.0):+7.2f}")
     cpu = [f"{pod[key]:.2f} s {key.split('(')[1][:-1]}" for key in pod if key.startswith("sender CPU")]
     if cpu:
-        print(f"  {'sender':<24} CPU time: {', '.join(cpu)} (run: until it saw the run end, at lower priority)")
+        print(f"  {'sender':<24} CPU time: {', '.join(cpu)} (run: until it saw the run end; nice +10 from run_start)")
     if "after run_stop" in pod:
         parts = [f"{name.strip()} {pod[name]:.2f}" for name in pod if name.startswith("  ")]
         print(f"  after run_stop: podrun exited {pod['after run_stop']:.2f} s after it ({', '.join(parts)}); "
@@ -206,13 +215,15 @@ def main() -> int:
     print(f"# load average at the start: {os.getloadavg()[0]:.2f} (1 min)")
     print("# warming up: creating the MLflow store and the caches", flush=True)
     run_command(podrun_command(1, args.steps), args.repo, env, ok=(0, 2))
+    pinned = preset_threads(home)
+    print(f"# torch threads per rank, podrun's and the bare ranks': {pinned or 'the cores over the ranks'}", flush=True)
     ranks = [int(r) for r in args.ranks.split(",")]
     times: dict[tuple[str, int], list[float]] = {}
     loads: dict[tuple[str, int], list[float]] = {}
     stages: dict[tuple[str, int], list[dict[str, float]]] = {}
     for repeat in range(args.repeats):
         for count in ranks:
-            threads = str(max(1, (os.cpu_count() or 1) // count))  # podrun's default for CPU ranks
+            threads = str(pinned or max(1, (os.cpu_count() or 1) // count))  # what podrun's ranks use
             bare_env = dict(os.environ, PYTHONPATH=with_repo(REPO), OMP_NUM_THREADS=threads)
             kinds = ["direct", "torchrun", "podrun"] if count > 1 else ["direct", "podrun"]
             for kind in kinds[repeat % len(kinds):] + kinds[: repeat % len(kinds)]:

@@ -66,6 +66,20 @@ def test_a_rank_s_sender_keeps_the_model_for_after_the_ranks(tmp_path):
 
 
 @pytest.mark.fast
+def test_the_sender_shares_the_start_up_and_yields_to_the_ranks_at_run_start(tmp_path):
+    """MLflow's import overlaps the ranks' start-up at their priority; from run_start the steps come first."""
+    uri, spool = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "spool"
+    tracker = Tracker(uri, "e", spool, run_name="r", background=True, run_info_dir=tmp_path / "ckpt")
+    sender_pid, mine = tracker._process.pid, os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, sender_pid) == mine
+    tracker.yield_to_ranks()
+    assert os.getpriority(os.PRIO_PROCESS, sender_pid) == min(mine + 10, 19)
+    tracker.log_metrics({"train_loss": 1.0}, step=1)
+    assert tracker.finish("FINISHED")
+    assert MlflowClient(uri).get_run(tracker.run_id).data.metrics["train_loss"] == 1.0
+
+
+@pytest.mark.fast
 def test_registering_a_model_leaves_the_launcher_s_mlflow_environment_as_it_was(tmp_path, monkeypatch):
     """The launcher registers models (after a Slurm job, in a sweep): later jobs and children keep their store."""
     import mlflow

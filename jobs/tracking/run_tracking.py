@@ -170,6 +170,7 @@ class RunTracking:
         self.tracker = tracker or open_tracker(job)
 
     def start(self, hosts: list[str], steps_per_epoch: int, train_samples: int, val_samples: int) -> None:
+        self.tracker.yield_to_ranks()  # run_start: the sender's start-up work is behind it (or below the steps)
         attempts = self.run_info.get("attempts", []) + [self.job.job_id]
         self.run_info = update_run_info(self.ckpt_dir, attempts=attempts, tracking_uri=self.job.tracking_uri)
         if not self.resumed_from:

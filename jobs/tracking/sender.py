@@ -9,7 +9,9 @@ MLflow itself rejects is skipped with a warning. It runs in three places:
 * as rank 0's sender process, ``python -m jobs.tracking.sender SPOOL`` (what a training run uses):
   it follows ``records.jsonl`` while the rank appends to it and drains it when the rank
   finishes or dies, so neither MLflow's import nor its requests touch the training loop.
-  It runs at a lower priority (``nice`` +10) than the ranks, whose start-up it would slow.
+  It starts at the rank's priority, so that MLflow's import and the store's opening share the
+  cores with the ranks' start-up, and drops to ``nice`` +10 at ``run_start``
+  (:meth:`jobs.tracking.tracker.Tracker.yield_to_ranks`): the timed run never waits for it.
   MLflow's and SQLAlchemy's own output goes to ``--log-file`` (the job's ``logs/tracking.log``),
   podrun's warnings to the rank log;
 * in ``podrun sync`` (:func:`replay_spool`), for what an outage left behind.
@@ -47,7 +49,7 @@ from jobs.tracking.system_metrics import divert_library_output, ignore_stop_sign
 log = logging.getLogger("jobs.tracking.tracker")
 
 OnRun = Callable[[str, "str | None"], None]
-SENDER_NICE = 10  # below the ranks: MLflow's import and the store's opening wait for a free core
+SENDER_NICE = 10  # from run_start: below the ranks, whose steps it must never slow
 
 
 class Sender:
@@ -375,7 +377,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--system-metrics-interval", type=float, default=10.0)
     parser.add_argument("--log-file", type=Path, help="MLflow's and SQLAlchemy's own log lines and prints go here")
     args = parser.parse_args(argv)
-    _lower_priority()
     ignore_stop_signals()
     divert_library_output(args.log_file)  # before MLflow is imported: its lines never reach the rank log
     install_log_masking()
@@ -384,13 +385,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         log.exception("tracking: the MLflow sender failed")  # on the rank log, not in tracking.log
         return 1
-
-
-def _lower_priority() -> None:
-    try:
-        os.nice(SENDER_NICE)
-    except OSError:
-        pass
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -416,14 +410,13 @@ def _send(args: argparse.Namespace) -> int:
 def _send_then_finish(sender: Sender, metrics: NodeMetrics, args: argparse.Namespace) -> int:
     """The local backend: the rank never waits for this process, which sends the rest once the ranks have exited.
 
-    It runs below the ranks' priority and holds the spool's finish lock from the start, so a
-    launcher or ``podrun sync`` that wants to send the spool waits for it instead of racing it.
+    It holds the spool's finish lock from the start, so a launcher or ``podrun sync`` that wants
+    to send the spool waits for it instead of racing it.
     """
-    _lower_priority()
     rank_pid = os.getppid()
     with sender.spool.finishing():
         sender.warm_up()
-        preload_run_page()  # now, at low priority, rather than once the run has ended
+        preload_run_page()  # now, during the ranks' start-up, rather than once the run has ended
         try:
             follow(sender, args.wake_fd, drain=False)
         finally:
