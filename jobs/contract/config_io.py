@@ -15,16 +15,15 @@ writes and the job reads it at run time (:mod:`orchestrator.spec.job_env`).
 
 from __future__ import annotations
 
-import os
 import re
 import typing
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
+from jobs.contract.env_refs import ENV_REF, expand_string
 from jobs.contract.errors import ConfigError
 from jobs.contract.yaml_guard import MalformedYaml, load_yaml_text, read_config_bytes
 
@@ -76,7 +75,7 @@ def read_yaml(path: Path, *, expand: bool = True) -> dict[str, Any]:
     return expand_env(data) if expand else data
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_REF = ENV_REF
 KEPT_REFERENCES = "env"  # a mapping under this key keeps its ${VAR} references as written
 
 
@@ -93,12 +92,6 @@ def expand_env(value: Any) -> Any:
     if isinstance(value, str):
         return expand_string(value)
     return value
-
-
-def expand_string(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """``text`` with ``${VAR}`` and ``${VAR:-default}`` replaced (an unset VAR without default: empty)."""
-    environ = os.environ if environ is None else environ
-    return _ENV_REF.sub(lambda m: environ.get(m.group(1), m.group(2) or ""), text)
 
 
 def env_references(text: str) -> list[tuple[str, str | None]]:

@@ -1,7 +1,8 @@
 """The local backend: one process per rank on this machine (the embedded default).
 
 ``podrun launch`` starts a small supervisor in its own session
-(``python -m orchestrator.backends.local JOB_DIR``). The supervisor starts the ranks with
+(``python -m orchestrator.backends.local_supervisor JOB_DIR``, from the processes this module
+writes into the job's ``supervisor.json``). The supervisor starts the ranks with
 the standard env contract, forwards SIGTERM/SIGUSR2 to them, stops the others when one
 fails (like ``srun --kill-on-bad-exit``), and records the outcome in ``job.json``. So a
 detached job survives the terminal, and ``podrun status|logs|cancel`` work on it. An
@@ -11,6 +12,7 @@ checkpoint): see :mod:`orchestrator.backends.lifeline`.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -19,38 +21,27 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from jobs.contract import exit_codes
-from jobs.contract.job import CONFIG_FILE, ResolvedJob, load_resolved
-from jobs.contract.placement import free_port
+from jobs.contract.job import CONFIG_FILE, ResolvedJob
+from jobs.contract.private_files import write_private
 from jobs.rank.checkpoint_lock import check_free
 from jobs.rank.stragglers import read_status_note
 from jobs.rank.watchdog import collective_fault_env
 from jobs.tracking.spool import spool_note
 from orchestrator.backends.base import Backend, config_heredoc
-from orchestrator.backends.lifeline import (
-    Lifeline,
-    descendants,
-    die_with_parent,
-    let_go,
-    open_lifeline,
-    orphan_status,
-    write_rank_pids,
+from orchestrator.backends.lifeline import let_go, open_lifeline, orphan_status
+from orchestrator.backends.local_supervisor import (  # noqa: F401 - RANK_GRACE_S, rank_descendants: for tests
+    EXIT_STATES,
+    POLL_S,
+    RANK_GRACE_S,
+    SUPERVISOR_FILE,
+    rank_descendants,
 )
-from orchestrator.spec.job_env import env_key, expand_values, expected_comment, shell_word, submission_environment
-from orchestrator.spec.jobspec import PLAN_FILE, LaunchPlan, load_plan_file
-from orchestrator.spec.jobstore import CANCELLED, FAILED, PREEMPTED, RUNNING, SUCCEEDED, JobRecord, is_terminal
+from orchestrator.spec.job_env import env_key, expected_comment, shell_word, submission_environment
+from orchestrator.spec.jobspec import LaunchPlan
+from orchestrator.spec.jobstore import RUNNING, JobRecord, is_terminal
 from orchestrator.spec.paths import run_dir
-
-EXIT_STATES = {
-    exit_codes.SUCCESS: SUCCEEDED,
-    exit_codes.NOT_REACHED: FAILED,
-    exit_codes.PREEMPTED: PREEMPTED,
-    exit_codes.REPLACE: PREEMPTED,  # stopped after a checkpoint for a straggler's host: here it just ends (--resume)
-}
-RANK_GRACE_S = 60
-STALL_GRACE_S = 5  # after a rank reports a stall: the others record theirs, then SIGKILL
-POLL_S = 0.05  # how often the supervisor and the log follower look: a job's end is seen within this
 
 
 def rank_env(plan: LaunchPlan, rank: int, port: int) -> dict[str, str]:
@@ -88,6 +79,21 @@ def launches(plan: LaunchPlan, port: int) -> list[tuple[dict[str, str], list[str
     return [(rank_env(plan, rank, port), rank_command(job), f"rank{rank}.log") for rank in range(job.world_size)]
 
 
+def supervisor_spec(plan: LaunchPlan) -> dict[str, Any]:
+    """What the supervisor starts (``supervisor.json``): the environments as written, ``${VAR}`` kept, no secrets.
+
+    ``MASTER_PORT`` is chosen by the supervisor when the ranks start.
+    """
+    job = plan.job
+    preflight = None
+    if job.preflight is not None:
+        preflight = {"argv": [sys.executable, "-m", "jobs.preflight", str(Path(job.job_dir) / CONFIG_FILE)],
+                     "envs": [rank_env(plan, rank, 0) for rank in range(job.world_size)]}
+    return {"launches": [{"env": env, "argv": argv, "log": log} for env, argv, log in launches(plan, 0)],
+            "preflight": preflight, "preflight_only": bool(plan.profile.env.get("PODRUN_PREFLIGHT_ONLY")),
+            "comm": job.comm, "cwd": str(run_dir())}
+
+
 class LocalBackend(Backend):
     name = "local"
 
@@ -119,11 +125,12 @@ class LocalBackend(Backend):
         job = plan.job
         job_dir = Path(job.job_dir)
         check_free(Path(job.checkpoint_dir))  # another job trains from it: refuse now (rank 0 holds the lock)
+        write_private(job_dir / SUPERVISOR_FILE, json.dumps(supervisor_spec(plan), indent=1))
         read_fd, self._lifelines[job.job_id] = open_lifeline()  # closes when this launcher ends, however
         with open(job_dir / "supervisor.log", "ab") as log:
             # Secrets reach the supervisor (and so the ranks) in its environment, never in a file or argv.
             proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.backends.local", str(job_dir), str(read_fd)],
+                [sys.executable, "-m", "orchestrator.backends.local_supervisor", str(job_dir), str(read_fd)],
                 cwd=run_dir(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=os.environ | submission_environment(plan), umask=0o077,
                 pass_fds=(read_fd,),
@@ -174,18 +181,6 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def rank_descendants(pid: int) -> list[int]:
-    """Processes under ``pid`` that run ``jobs.run``."""
-    found = []
-    for child in descendants(pid):
-        try:
-            if b"jobs.run" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.append(child)
-        except OSError:
-            continue
-    return found
-
-
 def follow_file(path: Path, done: callable) -> Iterator[str]:
     """Yield the lines of ``path`` as they are written, until ``done()`` and the end is read."""
     while not path.exists():
@@ -203,145 +198,3 @@ def follow_file(path: Path, done: callable) -> Iterator[str]:
                 yield from rest.splitlines()
                 return
             time.sleep(POLL_S)
-
-
-# --------------------------------------------------------------------------- supervisor
-
-
-class Supervisor:
-    """Runs inside ``python -m orchestrator.backends.local JOB_DIR [LIFELINE_FD]``; owns the rank processes."""
-
-    def __init__(self, job_dir: Path, lifeline_fd: int | None = None) -> None:
-        self.record = JobRecord.load(job_dir / "job.json")
-        self.plan = load_plan_file(job_dir / PLAN_FILE)
-        self.job = load_resolved(job_dir / CONFIG_FILE)
-        self.procs: list[subprocess.Popen] = []
-        self.cancelled = False
-        self.lifeline = Lifeline(lifeline_fd)
-        self.launcher_gone = False
-        self.first_failure: tuple[int, int] | None = None  # (rank, exit code) of the first rank that failed
-
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._forward)
-        signal.signal(signal.SIGUSR2, self._forward)
-        signal.signal(signal.SIGINT, self._forward)
-        port = free_port()
-        logs = Path(self.job.job_dir) / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        with_parent = die_with_parent()  # a killed supervisor leaves no orphan ranks: they get SIGTERM
-        self.started_at = time.time()  # the job's start, for its phase breakdown (queued ends here)
-        if self.job.preflight is not None:
-            code = self._preflight(logs, port)
-            if code != exit_codes.SUCCESS or self.plan.profile.env.get("PODRUN_PREFLIGHT_ONLY"):
-                return self._record([code], "preflight passed" if code == exit_codes.SUCCESS else None)
-        for env, argv, log_name in launches(self.plan, port):
-            env = expand_values(env, os.environ)  # ${VAR}: from the environment podrun launch gave us
-            with open(logs / log_name, "ab") as log:
-                self.procs.append(subprocess.Popen(argv, env=os.environ | env, cwd=run_dir(), stdout=log,
-                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                   preexec_fn=with_parent))
-        write_rank_pids(Path(self.job.job_dir), [proc.pid for proc in self.procs])
-        codes = self._wait()
-        return self._record(codes)
-
-    def _preflight(self, logs: Path, port: int) -> int:
-        """The node checks first (``python -m jobs.preflight``, one process per rank); rank 0's verdict."""
-        extra = {"PODRUN_PREFLIGHT_ATTEMPT": f"local-{time.strftime('%Y%m%d-%H%M%S')}",
-                 "PODRUN_PREFLIGHT_T0": str(time.time())}
-        argv = [sys.executable, "-m", "jobs.preflight", str(Path(self.job.job_dir) / CONFIG_FILE)]
-        for rank in range(self.job.world_size):
-            with open(logs / f"rank{rank}.log", "ab") as log:
-                env = expand_values(rank_env(self.plan, rank, port), os.environ) | extra
-                self.procs.append(subprocess.Popen(argv, env=os.environ | env,
-                                                   cwd=run_dir(), stdout=log, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL))
-        codes = self._wait()
-        self.procs = []
-        return codes[0]
-
-    def _forward(self, signum: int, _frame: object) -> None:
-        """Pass a stop signal to the ranks themselves (they checkpoint and exit).
-
-        Under Horovod the ranks are horovodrun's grandchildren in their own sessions, and
-        horovodrun's own SIGTERM handling can hang once its workers are gone, so the signal
-        goes to the ``jobs.run`` processes, not to horovodrun.
-        """
-        self.cancelled = self.cancelled or signum in (signal.SIGTERM, signal.SIGINT)
-        forwarded = signal.SIGTERM if signum == signal.SIGINT else signum
-        for proc in self.procs:
-            if proc.poll() is not None:
-                continue
-            ranks = rank_descendants(proc.pid) if self.job.comm == "horovod" else [proc.pid]
-            for pid in ranks:
-                try:
-                    os.kill(pid, forwarded)
-                except ProcessLookupError:
-                    pass
-
-    def _wait(self) -> list[int]:
-        """Wait for every rank; if one fails, give the others a grace period, then kill them.
-
-        A rank that reports a stalled peer (the watchdog) gets the others killed after
-        ``STALL_GRACE_S``: a stopped rank cannot checkpoint, but the others' watchdogs fire
-        too and need a moment to record theirs (rank 0 queues the stacks for MLflow).
-        A launcher that dies stops the job (after a checkpoint).
-        """
-        failed_at: float | None = None
-        while any(p.poll() is None for p in self.procs):
-            if self.lifeline.gone():
-                self.launcher_gone = True
-                self._forward(signal.SIGTERM, None)
-            if failed_at is None and self._failed():
-                failed_at = time.time()
-                if self.first_failure[1] != exit_codes.STALLED:
-                    self._signal_all(signal.SIGTERM)
-            stalled = self.first_failure is not None and self.first_failure[1] == exit_codes.STALLED
-            if failed_at and time.time() - failed_at > (STALL_GRACE_S if stalled else RANK_GRACE_S):
-                self._signal_all(signal.SIGKILL)
-            time.sleep(POLL_S)
-        return [p.returncode for p in self.procs]
-
-    def _failed(self) -> bool:
-        for rank, proc in enumerate(self.procs):
-            if proc.poll() not in (None, 0, exit_codes.NOT_REACHED, exit_codes.PREEMPTED, exit_codes.REPLACE):
-                self.first_failure = (rank, proc.returncode)
-                return True
-        return False
-
-    def _signal_all(self, signum: int) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    def _record(self, codes: list[int], detail: str | None = None) -> int:
-        code = codes[0] if all(c == codes[0] for c in codes) else next(c for c in codes if c != 0)
-        if self.first_failure:
-            code = self.first_failure[1]
-        if code == exit_codes.SUCCESS or code < 0:
-            code = exit_codes.read_outcome(Path(self.job.job_dir)) or (code if code >= 0 else exit_codes.FAILED)
-        record = JobRecord.load(self.record.path)
-        record.exit_code = code
-        record.state = EXIT_STATES.get(code, FAILED)
-        if self.cancelled and record.state in (PREEMPTED, FAILED):
-            record.state = CANCELLED
-        record.detail = detail or self._detail(code, codes)
-        record.finished_at = time.time()
-        record.extra["started_at"] = self.started_at
-        record.save()
-        return code
-
-    def _detail(self, code: int, codes: list[int]) -> str:
-        detail = exit_codes.DESCRIPTIONS.get(code, f"rank exit codes {codes}")
-        note = exit_codes.read_outcome_note(Path(self.job.job_dir))
-        detail += f": {note}" if note else ""
-        if self.first_failure:
-            rank, first = self.first_failure
-            how = f"killed by {signal.Signals(-first).name}" if first < 0 else f"exited {first}"
-            detail = f"rank {rank} {how} first; the others were stopped ({detail})"
-        if self.launcher_gone:
-            detail = f"its launcher (podrun launch) went away, so it stopped: {detail}"
-        return detail
-
-
-if __name__ == "__main__":
-    sys.exit(Supervisor(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None).run())
