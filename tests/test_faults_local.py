@@ -22,7 +22,8 @@ import pytest
 
 from jobs.contract import exit_codes
 from jobs.contract.checkpoint_index import checkpoint_problem, list_checkpoints
-from orchestrator.backends.local import RANK_GRACE_S, pid_alive
+from orchestrator.backends.local import pid_alive
+from orchestrator.backends.local_supervisor import RANK_GRACE_S
 from orchestrator.cli import main
 from orchestrator.spec.jobstore import list_records
 from tests.faults import (

@@ -159,7 +159,7 @@ def test_ssh_passes_variables_in_the_channel_not_the_command_line(ssh_server, pl
 
 
 def rank_processes(supervisor: int) -> list[int]:
-    from orchestrator.backends.local import rank_descendants
+    from orchestrator.backends.local_supervisor import rank_descendants
 
     return rank_descendants(supervisor)
 

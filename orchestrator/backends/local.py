@@ -31,13 +31,7 @@ from jobs.rank.watchdog import collective_fault_env
 from jobs.tracking.spool import spool_note
 from orchestrator.backends.base import Backend, config_heredoc
 from orchestrator.backends.lifeline import let_go, open_lifeline, orphan_status
-from orchestrator.backends.local_supervisor import (  # noqa: F401 - RANK_GRACE_S, rank_descendants: for tests
-    EXIT_STATES,
-    POLL_S,
-    RANK_GRACE_S,
-    SUPERVISOR_FILE,
-    rank_descendants,
-)
+from orchestrator.backends.local_supervisor import EXIT_STATES, POLL_S, SUPERVISOR_FILE
 from orchestrator.spec.job_env import env_key, expected_comment, shell_word, submission_environment
 from orchestrator.spec.jobspec import LaunchPlan
 from orchestrator.spec.jobstore import RUNNING, JobRecord, is_terminal
