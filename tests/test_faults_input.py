@@ -187,6 +187,45 @@ def test_spool_with_garbage_lines_sends_the_good_records(capsys, podrun_home, tm
     assert client.get_run(meta["run_id"]).info.status == "FINISHED"
 
 
+KILLED_MID_MIGRATION = """
+import os, sys
+from alembic.ddl.impl import DefaultImpl
+
+def killed(self, table, *args, **kwargs):  # the copy is made, the original not yet dropped: SIGKILL lands here
+    os._exit(9)
+
+DefaultImpl.drop_table = killed
+from mlflow import MlflowClient
+MlflowClient(sys.argv[1])  # a fresh store: MLflow creates its tables, then upgrades them in batches
+"""
+
+
+def test_a_store_whose_set_up_was_killed_gets_a_fix_not_a_retry(capsys, podrun_home, tmp_path):
+    """A sender killed while MLflow created a fresh sqlite store leaves _alembic_tmp_*: sync says how to repair it."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_MIGRATION, uri], capture_output=True)
+    assert killed.returncode == 9, killed.stderr.decode()[-2000:]
+    with sqlite3.connect(db) as con:
+        leftover = [name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE name LIKE '_alembic_tmp_%'")]
+    assert leftover, "the injected kill left no half-done migration"
+    job_dir = make_record(podrun_home, "job-m")
+    spool = job_dir / "mlflow-spool"
+    spool.mkdir()
+    (spool / "meta.json").write_text(json.dumps({"tracking_uri": uri, "experiment": "m", "done": False}))
+    (spool / "records.jsonl").write_text(json.dumps({"seq": 1, "kind": "end", "status": "FINISHED"}) + "\n")
+    assert main(["sync", "job-m"]) != 0
+    err = capsys.readouterr().err
+    assert "retrying will not help" in err and "delete it" in err and "when it is reachable" not in err, err
+    db.unlink()  # what the line says for a store that holds no runs yet; then sync again, as a user would
+    again = subprocess.run([sys.executable, "-m", "orchestrator", "sync", "job-m"], capture_output=True, text=True)
+    assert again.returncode == 0 and "sent 1 kept record(s)" in again.stdout, again.stderr[-2000:]
+
+
 @pytest.mark.parametrize("garbage", [b"\x00\x01binary", b"{\"job_id\": 3}", b"[]", "{caf\xe9}".encode("latin-1")])
 def test_damaged_job_record(capsys, podrun_home, garbage):
     make_record(podrun_home, "job-good")

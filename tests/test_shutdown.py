@@ -212,8 +212,11 @@ def test_a_detached_job_frees_its_ranks_then_registers_and_podrun_sync_ends_a_ki
     line = wait_state(record.job_id, capsys, timeout=300, settle=False)  # the ranks have exited ...
     assert "SUCCEEDED" in line and "registering: the model and run page are going to MLflow" in line, line
     assert not (spool / LAUNCHER_FILE).exists()  # detached: nobody adds phases
-    # ... while rank 0's sender exports and registers the model. Kill it: `podrun sync` finishes the job.
+    # ... while rank 0's sender exports and registers the model (past the store's set-up: the run exists, and
+    # the records up to the run's end are marked sent or kept). Kill it: `podrun sync` finishes the job.
     sender = wait_until(lambda: sender_pid(spool), "rank 0's sender", 30, every=0.1)
+    wait_until(lambda: meta(spool).get("run_id") and meta(spool).get("registering"), "the run to exist", 120,
+               every=0.1)
     os.kill(sender, signal.SIGKILL)
     wait_until(lambda: not Spool(spool).busy(), "the finish lock to be free", 30, every=0.1)
     main(["status", record.job_id])

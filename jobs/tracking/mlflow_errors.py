@@ -7,6 +7,7 @@ calls (:mod:`jobs.tracking.model_registry`). MLflow is imported inside the funct
 from __future__ import annotations
 
 import os
+import re
 
 # MLflow answered and refused the request itself: sending it again cannot help. Anything
 # else (no answer, timeouts, 5xx, 401/403, a proxy's bare 404) keeps the record for later.
@@ -48,3 +49,21 @@ def describe(exc: BaseException) -> str:
     """One short line for a warning."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:200]}"
+
+
+# What re-running a half-applied schema change on sqlite says: a process was killed while MLflow created or
+# upgraded the store's tables (its DDL is not transactional there), and each later opening fails the same way.
+INTERRUPTED_SET_UP = re.compile(r"OperationalError\)? ?(table (\w+) already exists|duplicate column name: \w+"
+                                r"|index \w+ already exists)")
+
+
+def retry_advice(error: str | None) -> str:
+    """What to do after a failed send: retry later, or (a store whose set-up was interrupted) repair it first."""
+    match = INTERRUPTED_SET_UP.search(error or "")
+    if match is None:
+        return "run `podrun sync` again when it is reachable"
+    leftover = match.group(2) or ""
+    drop = f" (drop the leftover table {leftover} with sqlite3)" if leftover.startswith("_alembic_tmp_") else ""
+    return ("retrying will not help: a process was killed while MLflow created or upgraded this store's tables, "
+            "and setting them up again fails; if the store holds no runs yet, delete it and run `podrun sync` "
+            f"again; else restore it from a backup or repair it by hand{drop}")

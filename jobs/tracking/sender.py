@@ -40,7 +40,7 @@ from typing import Any
 
 from jobs.contract.secret_filter import export_credentials, install_log_masking, split_credentials
 from jobs.tracking import mlflow_send
-from jobs.tracking.mlflow_errors import describe, is_permanent, limit_http_retries
+from jobs.tracking.mlflow_errors import describe, is_permanent, limit_http_retries, retry_advice
 from jobs.tracking.mlflow_send import METRICS_PER_BATCH
 from jobs.tracking.release import cpu_s, finish_after_ranks, leave_rank, preload_run_page, record_release, release_rank
 from jobs.tracking.spool import AFTER_RELEASE, META_FILE, Spool, SpoolError
@@ -277,7 +277,7 @@ def replay_spool(spool_dir: Path, tracking_uri: str | None = None, released_at: 
             raise SpoolError(
                 f"{spool_dir}: sent {sender.records_sent} record(s), {len(sender.pending)} still kept; "
                 f"MLflow at {sender.meta['tracking_uri']} failed ({sender.last_error}); "
-                "run `podrun sync` again when it is reachable"
+                f"{retry_advice(sender.last_error)}"
             )
         sender.mark_done()
         return sender.records_sent
