@@ -200,6 +200,27 @@ MlflowClient(sys.argv[1])  # a fresh store: MLflow creates its tables, then upgr
 """
 
 
+def test_a_sender_killed_while_creating_a_new_store_leaves_none_and_the_next_one_creates_it(tmp_path):
+    """podrun creates a new sqlite store beside it and links it into place: a kill mid-way leaves no store."""
+    import subprocess
+    import sys
+
+    from jobs.tracking.mlflow_send import new_client
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    script = KILLED_MID_MIGRATION.replace("from mlflow import MlflowClient\nMlflowClient(sys.argv[1])",
+                                          "from jobs.tracking.mlflow_send import new_client\nnew_client(sys.argv[1])")
+    killed = subprocess.run([sys.executable, "-c", script, uri], capture_output=True, cwd=Path(__file__).parent.parent)
+    assert killed.returncode == 9, killed.stderr.decode()[-2000:]
+    assert not db.exists() and list(tmp_path.glob(".mlflow.db.creating-*"))  # only the killed process's copy
+    client = new_client(uri)
+    run = client.create_run(client.create_experiment("e"))
+    client.log_metric(run.info.run_id, "loss", 1.0)
+    assert client.get_run(run.info.run_id).data.metrics["loss"] == 1.0
+    assert not list(tmp_path.glob(".mlflow.db.creating-*"))  # the dead copy is cleared
+
+
 def test_a_store_whose_set_up_was_killed_gets_a_fix_not_a_retry(capsys, podrun_home, tmp_path):
     """A sender killed while MLflow created a fresh sqlite store leaves _alembic_tmp_*: sync says how to repair it."""
     import sqlite3

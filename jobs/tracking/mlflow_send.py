@@ -8,7 +8,9 @@ The run page's records are sent by their own modules, also only in the sender:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,39 @@ T = TypeVar("T")
 def new_client(tracking_uri: str) -> Any:
     from mlflow import MlflowClient
 
+    create_store_whole(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def create_store_whole(tracking_uri: str) -> None:
+    """A new sqlite store appears with all its tables or not at all.
+
+    MLflow creates a new store's tables in place, over seconds of schema migrations whose DDL
+    sqlite does not roll back: a process killed meanwhile (a job cancelled as it starts, a
+    sender stopped) leaves a file that no later process can open. So a store that does not
+    exist yet is created in a private file beside it and linked into place; where another
+    process got there first, its store stays and this copy is dropped.
+    """
+    from mlflow import MlflowClient
+
+    path = local_store_path(tracking_uri) if tracking_uri.startswith(SQLITE_PREFIX) else None
+    if path is None or path.exists() or path.name in ("", ":memory:"):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.creating-*"):  # a killed creator's copy
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    try:
+        client = MlflowClient(tracking_uri=f"{SQLITE_PREFIX}{tmp}")
+        with contextlib.suppress(Exception):  # close its connections: the file is complete once created
+            client._tracking_client.store.engine.dispose()
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process created it meanwhile
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def send_records(client: Any, run_id: str, group: list[dict[str, Any]], artifact_source: Path | None,
