@@ -3,9 +3,9 @@
     python bench/device_release.py                          # local, then Slurm and Ray on 2 test hosts
     python bench/device_release.py --backends local --repeats 3
 
-The MLflow store (sqlite) is created before each launch, as a user's already exists: a
-sender stopped while it creates a new store's tables would damage it, so the rank waits
-for that (:mod:`jobs.tracking.tracker`), and the first job on a fresh store pays for it.
+The MLflow store (sqlite) is created before each launch, as a user's already exists: the
+rank never stops a sender that has not created the run yet (:mod:`jobs.tracking.tracker`),
+so the first job on a fresh store pays for creating its tables.
 The job: ResNet-50 ``tiny`` on synthetic data, 8 optimizer steps per epoch, a target it reaches at the first
 evaluation (so that the model is registered), with
 everything a launch does by default (MLflow into a sqlite store, the model exported and
