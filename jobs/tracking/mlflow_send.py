@@ -9,8 +9,10 @@ The run page's records are sent by their own modules, also only in the sender:
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,11 +51,12 @@ def create_store_whole(tracking_uri: str) -> None:
     if path is None or path.exists() or path.name in ("", ":memory:"):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.creating-*"):  # a killed creator's copy
-        pid = stale.name.rsplit("-", 1)[1]
+    prefix = f".{path.name}.creating-{socket.gethostname()}-"
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*"):  # a killed creator's copy, on this host
+        pid = stale.name[len(prefix):]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    tmp = path.with_name(f"{prefix}{os.getpid()}")
     try:
         client = MlflowClient(tracking_uri=f"{SQLITE_PREFIX}{tmp}")
         with contextlib.suppress(Exception):  # close its connections: the file is complete once created
@@ -61,6 +64,9 @@ def create_store_whole(tracking_uri: str) -> None:
         os.link(tmp, path)
     except FileExistsError:
         pass  # another process created it meanwhile
+    except Exception as exc:  # noqa: BLE001 - no hard links (some network file systems), or the copy failed:
+        # MLflow creates the store in place, and says what is wrong with the real path if that fails too
+        log.debug("tracking: could not create a new store beside %s (%s)", path, describe(exc))
     finally:
         tmp.unlink(missing_ok=True)
 
