@@ -29,7 +29,6 @@ imports neither MLflow nor matplotlib for them.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,8 @@ from typing import Any
 
 from jobs.contract.checkpoint_index import read_run_info
 from jobs.rank.phases import phase_metrics
-from jobs.tracking.run_charts import PHASE_ORDER, stacked_phases
+from jobs.tracking.mlflow_send import send_phases_chart
+from jobs.tracking.run_charts import PHASE_ORDER
 from jobs.tracking.spool import Spool
 from orchestrator.spec.jobstore import JobRecord, find_record
 
@@ -156,12 +156,13 @@ def _queue(spool: Spool, breakdown: Breakdown, name: str) -> None:
     """The phases as spool records: one metrics record, and the chart for the sender to draw (``phases_chart``)."""
     now = int(time.time() * 1000)
     spool.append_next({"kind": "metrics", "metrics": breakdown_metrics(breakdown), "step": 0, "timestamp": now})
-    spool.append_next({"kind": "phases_chart", "rows": [[name, breakdown.phases]],
-                       "title": chart_title(breakdown), "artifact_path": "phases"})
+    spool.append_next(chart_record(breakdown, name))
 
 
-def chart_title(breakdown: Breakdown) -> str:
-    return f"where the {breakdown.wall_s:.0f} s went"
+def chart_record(breakdown: Breakdown, name: str) -> dict[str, Any]:
+    """The phases chart as a ``phases_chart`` record: whoever sends it draws it."""
+    return {"kind": "phases_chart", "rows": [[name, breakdown.phases]],
+            "title": f"where the {breakdown.wall_s:.0f} s went", "artifact_path": "phases"}
 
 
 def _client(tracking_uri: str) -> Any:
@@ -185,7 +186,4 @@ def _log(client: Any, run_id: str, breakdown: Breakdown, name: str) -> None:
     now = int(time.time() * 1000)
     metrics = [Metric(key, value, now, 0) for key, value in breakdown_metrics(breakdown).items()]
     client.log_batch(run_id, metrics=metrics)
-    with tempfile.TemporaryDirectory() as folder:
-        png = stacked_phases([(name, breakdown.phases)], Path(folder) / "phases.png",
-                             chart_title(breakdown))
-        client.log_artifact(run_id, str(png), "phases")
+    send_phases_chart(client, run_id, chart_record(breakdown, name))
