@@ -42,6 +42,11 @@ class RayHooks:
     def finished(self, code: int, state: LoopState) -> None:
         import ray.train
 
+        if returns_values():
+            # The outcome is worker_main's return value. A last report would be one more item in
+            # each worker's result queue, and Ray Train's controller takes one per poll (0.5 s
+            # apart): the workers, and their GPUs, would be freed a poll later.
+            return
         metrics = {"exit_code": code, "epoch": state.epoch, "global_step": state.global_step,
                    "best_metric": state.best_metric}
         if ray.train.get_context().get_world_rank() != 0:
@@ -53,8 +58,19 @@ class RayHooks:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
 
 
-def worker_main(config: dict[str, Any]) -> None:
-    """One Ray Train worker: become rank ``world_rank`` and run the shared per-rank code."""
+def returns_values() -> bool:
+    """Whether this Ray's ``Result`` carries rank 0's return value (``Result.return_value``, Ray Train v2)."""
+    import ray.train
+
+    return "return_value" in getattr(ray.train.Result, "__dataclass_fields__", {})
+
+
+def worker_main(config: dict[str, Any]) -> int:
+    """One Ray Train worker: become rank ``world_rank``, run the shared per-rank code; its exit code.
+
+    Rank 0's exit code reaches the driver as ``Result.return_value``
+    (:func:`orchestrator.backends.ray_job.outcome`).
+    """
     import ray.train
 
     from jobs.rank.phases import mark_origin
@@ -70,6 +86,7 @@ def worker_main(config: dict[str, Any]) -> None:
         code = run_rank(job, hooks=RayHooks(), resume_from=resume_from)
     if code == exit_codes.FAILED:
         raise RuntimeError(f"rank {context.get_world_rank()} failed")  # lets FailureConfig restart the group
+    return code
 
 
 class _reported_checkpoint:

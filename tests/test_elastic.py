@@ -45,3 +45,16 @@ def test_the_data_position_carries_over_to_another_world_size():
 @pytest.mark.fast
 def test_ray_asks_for_a_range_of_workers_only_when_elastic():
     assert worker_count(4, None) == 4 and worker_count(4, 4) == 4 and worker_count(4, 2) == (2, 4)
+
+
+@pytest.mark.fast
+def test_the_ray_driver_takes_the_outcome_from_rank_0s_return_value_or_else_the_last_report():
+    from types import SimpleNamespace
+
+    from jobs.contract import exit_codes
+    from orchestrator.backends.ray_job import outcome
+
+    not_reached = exit_codes.NOT_REACHED
+    assert outcome(SimpleNamespace(return_value=not_reached, metrics={})) == not_reached
+    assert outcome(SimpleNamespace(metrics={"exit_code": not_reached})) == not_reached  # a Ray without return_value
+    assert outcome(SimpleNamespace(return_value=None, metrics={"epoch": 3})) == exit_codes.FAILED  # the run failed

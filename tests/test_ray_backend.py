@@ -95,7 +95,8 @@ def test_readme_ray_job_submit_line_records_the_run_where_the_launcher_says(ray_
     assert run.data.tags["mlflow.note.content"].startswith("**reached top-1 ")
     assert "--set cluster=ray --set nodes=2" in run.data.tags["mlflow.note.content"]
     assert client.get_model_version("resnet50", "1").run_id == run.info.run_id  # by the driver, workers gone
-    assert 0 <= run.data.metrics["device_release_s"] < 60  # run_stop to the end of the worker group
+    assert 0 <= run.data.metrics["device_release_s"] < 60  # run_stop to the end of the worker group:
+    assert re.search(r"\[ray\] the last worker exited [\d.]+ s before fit\(\) returned", out)  # from Ray's state API
     assert not any(ray_cluster.token in value for value in {**run.data.params, **run.data.tags}.values())
 
 

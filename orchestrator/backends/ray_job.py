@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -81,6 +82,8 @@ def fit_horovod(plan: LaunchPlan) -> int:
 
 
 RAY_TRAIN_POLL_ENV, RAY_TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5"
+RAY_TRAIN_WORKER = "RayTrainWorker"  # the actor class of Ray Train's workers
+STATE_LIMIT, STATE_TIMEOUT_S = 10_000, 10  # Ray's state API: rows per call (its cap), and seconds
 
 
 def worker_count(world_size: int, min_workers: int | None) -> int | tuple[int, int]:
@@ -129,16 +132,63 @@ def fit(plan: LaunchPlan) -> int:
         ),
     )
     result = trainer.fit()
-    finish_records(plan)
-    return report(int((result.metrics or {}).get("exit_code", exit_codes.FAILED)))
+    returned_at = time.time()
+    ended_at = workers_ended_at()
+    if ended_at is not None:
+        print(f"[ray] the last worker exited {returned_at - ended_at:.2f} s before fit() returned", flush=True)
+    finish_records(plan, released_at=min(ended_at or returned_at, returned_at))
+    return report(outcome(result))
 
 
-def finish_records(plan: LaunchPlan) -> None:
+def workers_ended_at() -> float | None:
+    """When the last of this job's Ray Train workers exited, as Ray's state API recorded it; None if unknown.
+
+    That is the end of the worker group, and of ``device_release_s``: each worker's process
+    holds its GPU until it exits. ``fit()`` returns later, after Ray Train's controller has
+    removed the placement group and built the result (0.1-0.7 s on the test hosts).
+    Without Ray's dashboard (which serves the state API) this is None: the caller uses the
+    time ``fit()`` returned.
+    """
+    import ray
+    from ray.util.state import list_actors, list_workers
+
+    try:
+        job_id = ray.get_runtime_context().get_job_id()
+        actors = list_actors(filters=[("class_name", "=", RAY_TRAIN_WORKER), ("job_id", "=", job_id)],
+                             limit=STATE_LIMIT, timeout=STATE_TIMEOUT_S, raise_on_missing_output=False)
+        ours = {(actor.node_id, actor.pid) for actor in actors if actor.pid}
+        ends = [worker.end_time_ms for worker in list_workers(
+                    filters=[("is_alive", "=", "False")], detail=True, limit=STATE_LIMIT,
+                    timeout=STATE_TIMEOUT_S, raise_on_missing_output=False)
+                if (worker.node_id, worker.pid) in ours and worker.end_time_ms]
+    except Exception as exc:  # noqa: BLE001 - the state API is optional; say why and use fit()'s return
+        print(f"[ray] the workers' exit times are unknown ({type(exc).__name__}: {exc}); "
+              "device_release_s is measured to fit()'s return", flush=True)
+        return None
+    if not ours or len(ends) < len(ours):  # a worker still alive, or one Ray no longer lists
+        return None
+    return max(ends) / 1000
+
+
+def outcome(result: Any) -> int:
+    """The job's exit code from Ray Train's ``Result``: rank 0's return value (:func:`jobs.ray_worker.worker_main`).
+
+    A Ray whose ``Result`` has no ``return_value`` gets it in the metrics of the workers' last
+    report instead (:meth:`jobs.ray_worker.RayHooks.finished`). A run that failed has neither: failed.
+    """
+    code = getattr(result, "return_value", None)
+    if code is None:
+        code = (result.metrics or {}).get("exit_code", exit_codes.FAILED)
+    return int(code)
+
+
+def finish_records(plan: LaunchPlan, released_at: float | None = None) -> None:
     """The workers are gone: send the run's last records (the model, the run page) from the driver.
 
     The driver holds no GPU (it runs on the head node), so exporting and registering the model
-    here keeps the workers' GPUs free; ``device_release_s`` ends now. Inside a Slurm allocation
-    (``--on slurm``) this would hold the allocation: the launcher or ``podrun sync`` does it there.
+    here keeps the workers' GPUs free; ``device_release_s`` ends at ``released_at`` (the last
+    worker's exit), or now. Inside a Slurm allocation (``--on slurm``) this would hold the
+    allocation: the launcher or ``podrun sync`` does it there.
     """
     if os.environ.get("SLURM_JOB_ID"):
         return
@@ -146,7 +196,8 @@ def finish_records(plan: LaunchPlan) -> None:
     from jobs.tracking.spool import SpoolError, spool_pending
     from jobs.tracking.system_metrics import tracking_log
 
-    released_at, job = time.time(), plan.job
+    began, job = time.time(), plan.job
+    released_at = released_at or began
     spool = Path(job.job_dir) / "mlflow-spool"
     if not spool_pending(spool):
         return
@@ -157,7 +208,7 @@ def finish_records(plan: LaunchPlan) -> None:
     except SpoolError as exc:
         print(f"[ray] MLflow records kept for podrun sync: {exc}", flush=True)
         return
-    print(f"[ray] the workers have exited; {sent} last MLflow record(s) sent in {time.time() - released_at:.1f} s",
+    print(f"[ray] the workers have exited; {sent} last MLflow record(s) sent in {time.time() - began:.1f} s",
           flush=True)
 
 
