@@ -376,3 +376,13 @@ def test_launcher_breakdown_adds_queued_startup_and_shutdown_and_shows_other(tmp
 def test_slurm_times_parse_and_unknown_is_none():
     assert slurm_time("2024-05-01T12:00:03") == time.mktime((2024, 5, 1, 12, 0, 3, 0, 0, -1))
     assert slurm_time("Unknown") is None and slurm_time(None) is None
+
+
+@pytest.mark.fast
+def test_the_allocation_end_is_endtime_refined_by_the_batch_scripts_clock_within_its_second():
+    from orchestrator.spec.slurm_status import allocation_end
+
+    assert allocation_end(1000.0, "1000.437\n") == 1000.437  # EndTime keeps whole seconds, rounded down
+    assert allocation_end(1000.0, "999.98") == 1000.0  # the script's clock is a second behind: EndTime
+    assert allocation_end(1000.0, "1003.2") == 1000.0  # or ahead (another clock, another requeue)
+    assert allocation_end(1000.0, None) == allocation_end(1000.0, "garbled") == 1000.0

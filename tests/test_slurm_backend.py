@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import subprocess
@@ -83,7 +84,11 @@ def test_two_node_job_reaches_target_and_preempted_job_resumes_to_the_same_resul
     assert {f"system/node_{i}/cpu_utilization_percentage" for i in (0, 1)} <= set(run.data.metrics)
     version = client.get_model_version("resnet50", "1")  # the model, registered by the launcher after the job
     assert version.run_id == run_id and version.creation_timestamp / 1000 >= plain.finished_at
-    assert 0 <= run.data.metrics["device_release_s"] < 60  # run_stop to the allocation's EndTime
+    assert 0 <= run.data.metrics["device_release_s"] < 60  # run_stop to the allocation's end: EndTime, in whole
+    stamp = float((Path(plain.extra["cluster_job_dir"]) / "ranks-ended-at").read_text())  # seconds, refined by the
+    assert plain.extra["ended_at"] in (stamp, math.floor(stamp) + 1)  # batch script's clock within its second
+    assert run.data.metrics["device_release_s"] == pytest.approx(
+        plain.extra["ended_at"] - read_run_info(Path(plain.checkpoint_dir))["phases_at"], abs=0.002)
     assert (Path(plain.extra["cluster_job_dir"]) / "job.sbatch").is_file()
 
     # Preempted mid-run with USR2 to the batch shell: requeued, resumed, same result.

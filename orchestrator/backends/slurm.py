@@ -34,15 +34,17 @@ from orchestrator.spec.jobspec import PLAN_FILE, LaunchPlan, dump_plan
 from orchestrator.spec.jobstore import PENDING, RUNNING, UNKNOWN, JobRecord, is_terminal
 from orchestrator.spec.paths import checkout_root, run_dir, template_dir
 from orchestrator.spec.profiles import LoginConfig
-from orchestrator.spec.slurm_status import SLURM_STATES as SLURM_STATES  # Slurm's job states to podrun's
 from orchestrator.spec.slurm_status import (
+    RANKS_ENDED_FILE,
     SlurmOutputError,
+    allocation_end,
     ask_version,
     parse_sacct_jobs,
     parse_scontrol_jobs,
     parse_squeue_jobs,
     summarize,
 )
+from orchestrator.spec.slurm_status import SLURM_STATES as SLURM_STATES  # Slurm's job states to podrun's
 from orchestrator.spec.slurm_status import parse_sbatch_id as parse_sbatch_id
 from orchestrator.spec.slurm_status import parse_scontrol as parse_scontrol
 from orchestrator.spec.slurm_status import slurm_time as slurm_time
@@ -241,7 +243,9 @@ class SlurmBackend(Backend):
         if is_terminal(state):
             record.finished_at = time.time()
             if record.native_id in self._ended:  # the allocation's end (EndTime): where device_release_s ends
-                record.extra["ended_at"] = self._ended[record.native_id]
+                stamp = None if record.extra.get("array") else tunnel.read_text(str(
+                    Path(record.extra.get("cluster_job_dir", record.job_dir)) / RANKS_ENDED_FILE))
+                record.extra["ended_at"] = allocation_end(self._ended[record.native_id], stamp)
             if exit_code in exit_codes.DESCRIPTIONS:
                 record.detail = f"{detail}; {exit_codes.DESCRIPTIONS[exit_code]}"
             record.save()

@@ -50,6 +50,7 @@ SLURM_STATES = {
     "EXPEDITING": PENDING,  # 25.11: checking whether to requeue it ahead of others
 }
 # A job's state in an array's summary: the first found in this order wins.
+RANKS_ENDED_FILE = "ranks-ended-at"  # in the job's folder: the batch script's clock when srun's step ended
 SUMMARY_ORDER = (RUNNING, PENDING, FAILED, PREEMPTED, CANCELLED, SUCCEEDED)
 
 # Pending reasons that need the user (job_reason_string(), or the controller's own text).
@@ -274,6 +275,18 @@ def slurm_time(value: str | None) -> float | None:
         return time.mktime(time.strptime(value or "", "%Y-%m-%dT%H:%M:%S"))
     except ValueError:
         return None
+
+
+def allocation_end(end_time: float, ranks_ended: str | None) -> float:
+    """When an allocation ended: Slurm's ``EndTime``, in whole seconds rounded down, made finer by
+    the batch script's clock at its ranks' exit (``ranks_ended``, the text of ``RANKS_ENDED_FILE``)
+    when that falls within the same second; ``EndTime`` otherwise.
+    """
+    try:
+        stamp = float((ranks_ended or "").strip())
+    except ValueError:
+        return end_time
+    return stamp if end_time <= stamp < end_time + 1 else end_time
 
 
 def summarize(jobs: list[JobStatus]) -> JobStatus | None:
