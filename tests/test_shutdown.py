@@ -80,6 +80,34 @@ def test_the_sender_shares_the_start_up_and_yields_to_the_ranks_at_run_start(tmp
 
 
 @pytest.mark.fast
+def test_another_node_s_monitor_ends_with_its_rank_even_before_it_has_begun_monitoring():
+    """Starting MLflow's monitor takes seconds, and on Slurm the step lasts until the monitor exits."""
+    child = textwrap.dedent("""
+        import sys, time
+        from jobs.tracking.system_metrics import RankWatch
+        watch = RankWatch(0)
+        if sys.argv[1] == "rank ends first":
+            time.sleep(120)  # stands in for start_monitor: MLflow's import and its store
+        watch.monitoring()
+        print("monitoring", flush=True)
+        watch.wait()
+        print("stopped", flush=True)
+    """)
+    for case, said in (("rank ends first", ""), ("monitor starts first", "monitoring\nstopped\n")):
+        proc = subprocess.Popen([sys.executable, "-c", child, case], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+        try:
+            if said:
+                assert proc.stdout.readline() == "monitoring\n"
+            proc.stdin.close()  # the rank exits
+            proc.stdin = None
+            out = "monitoring\n" * bool(said) + proc.communicate(timeout=60)[0]
+        finally:
+            proc.kill()
+        assert (out, proc.returncode) == (said, 0), case
+
+
+@pytest.mark.fast
 def test_registering_a_model_leaves_the_launcher_s_mlflow_environment_as_it_was(tmp_path, monkeypatch):
     """The launcher registers models (after a Slurm job, in a sweep): later jobs and children keep their store."""
     import mlflow

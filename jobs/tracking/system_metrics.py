@@ -28,6 +28,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -208,11 +209,40 @@ def main(argv: list[str] | None = None) -> int:
     run_id = wait_for_run_id(args.run_info, 0)
     if run_id is None:
         return 0
+    rank_gone = RankWatch(0)
     monitor = start_monitor(run_id, args.tracking_uri, args.node, args.interval)
-    while os.read(0, 4096):  # until the rank closes the pipe (or dies)
-        pass
+    rank_gone.monitoring()
+    rank_gone.wait()
     stop_monitor(monitor)
     return 0
+
+
+class RankWatch:
+    """Reads the rank's pipe until it closes; a rank that ends before monitoring has begun ends this process.
+
+    Starting MLflow's monitor takes seconds (MLflow's import, the store). The rank waits for
+    this process before it exits, and on Slurm the step (the allocation, its GPUs) lasts until
+    it has, so a run that ends meanwhile must not wait for a monitor that has sampled nothing.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.lock, self.started, self.closed = fd, threading.Lock(), False, threading.Event()
+        threading.Thread(target=self._read, name="rank-pipe", daemon=True).start()
+
+    def _read(self) -> None:
+        while os.read(self.fd, 4096):  # until the rank closes the pipe (or dies)
+            pass
+        with self.lock:
+            if not self.started:
+                os._exit(0)  # nothing sampled, nothing to send
+            self.closed.set()
+
+    def monitoring(self) -> None:
+        with self.lock:
+            self.started = True
+
+    def wait(self) -> None:
+        self.closed.wait()
 
 
 if __name__ == "__main__":
