@@ -145,7 +145,7 @@ def workers_ended_at() -> float | None:
 
     That is the end of the worker group, and of ``device_release_s``: each worker's process
     holds its GPU until it exits. ``fit()`` returns later, after Ray Train's controller has
-    removed the placement group and built the result (0.1-0.7 s on the test hosts).
+    removed the placement group and built the result (0.2-1.0 s on the test hosts).
     Without Ray's dashboard (which serves the state API) this is None: the caller uses the
     time ``fit()`` returned.
     """
@@ -166,6 +166,8 @@ def workers_ended_at() -> float | None:
               "device_release_s is measured to fit()'s return", flush=True)
         return None
     if not ours or len(ends) < len(ours):  # a worker still alive, or one Ray no longer lists
+        print(f"[ray] Ray's state API gave the exit time of {len(ends)} of {len(ours)} worker(s); "
+              "device_release_s is measured to fit()'s return", flush=True)
         return None
     return max(ends) / 1000
 
