@@ -170,7 +170,7 @@ def profile_table(profiler) -> str:
 
 def stop_after(trainer: Trainer, steps: int):
     """A ``before_step`` that sets rank 0's stop flag ``steps`` batches into the run."""
-    start = trainer.state["step_in_epoch"]
+    start = trainer.state.step_in_epoch
 
     def before_step(index: int) -> None:
         if index - start == steps and trainer.info.is_main:
@@ -184,19 +184,22 @@ def resume_check(job: ResolvedJob, info, device: torch.device, saved_step: int, 
     tracker = open_tracker(job) if info.is_main else None
     try:
         trainer = Trainer(job, info, device, tracker=tracker)
-        resumed_at = trainer.state["global_step"]
+        resumed_at = trainer.state.global_step
         trainer.train_loader = Interleaved(trainer.train_loader, stop_after(trainer, steps))
         code = trainer.run()
     finally:
         if tracker is not None:
             tracker.close()
-    ok = trainer.resumed_from and resumed_at == saved_step and trainer.state["global_step"] > saved_step
+    ok = trainer.resumed_from and resumed_at == saved_step and trainer.state.global_step > saved_step
     verdict = "ok" if ok and code in (exit_codes.PREEMPTED, exit_codes.NOT_REACHED) else "FAILED"
-    return f"{verdict}: step {resumed_at} -> {trainer.state['global_step']}"
+    return f"{verdict}: step {resumed_at} -> {trainer.state.global_step}"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    job = load_resolved(args.config)
+    # This process resumes its own stop (resume_check), which no backend does: a local job's sender
+    # outlives its rank and finishes the run once the rank process has exited, so the resumed
+    # attempt here would wait for it (up to 120 s). Its sender ends with the attempt, as on Slurm.
+    job = load_resolved(args.config).model_copy(update={"backend": "slurm"})
     info = detect_rank_env()
     device = rank_device(job, info)
     if info.world_size > 1:
@@ -225,12 +228,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summed = torch.tensor(items, dtype=torch.float64)
         dist.all_reduce(summed)
         items = summed.tolist()
-    resume = resume_check(job, info, device, trainer.state["global_step"], args.window)
+    resume = resume_check(job, info, device, trainer.state.global_step, args.window)
     return {"podrun": [n / s for n, s in zip(items, bench.podrun_s)],
             "bare": [n / s for n, s in zip(items, bench.bare_s)],
             "ratio": [b / p for p, b in zip(bench.podrun_s, bench.bare_s)],
             "cpu_ratio": [b / p for p, b in zip(bench.podrun_cpu_s, bench.bare_cpu_s)], "resume": resume,
-            "stopped_at": trainer.state["global_step"], "profiles": bench.profiles, "device": device.type}
+            "stopped_at": trainer.state.global_step, "profiles": bench.profiles, "device": device.type}
 
 
 def main() -> int:
