@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,8 @@ def test_the_step_benchmark_times_both_loops_and_resumes_without_waiting_for_a_s
     command = [sys.executable, "bench/step.py", "--models", "resnet-tiny", "--ranks", "1", "--precisions", "fp32",
                "--formats", "channels_last", "--compile", "off", "--repeats", "1", "--window", "2", "--warmup", "1",
                "--stop-check-every", "1", "--json", str(tmp_path / "step.json")]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"TMPDIR": str(tmp_path)})  # its runs and logs go under tmp_path
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     row = re.search(r"\| resnet-tiny \| 1 \| fp32 \| channels_last \| off \| ([\d,.]+) img/s \| ([\d,.]+) img/s \|"
                     r".*CPU time: .*; resume ok: step (\d+) -> (\d+) \|", proc.stdout)
