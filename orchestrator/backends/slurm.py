@@ -119,7 +119,7 @@ def render_sbatch(plan: LaunchPlan) -> str:
         log_pattern="%A_%a" if slurm.array else "%j", config_path=str(Path(job.job_dir) / CONFIG_FILE),
         config_heredoc="\n".join(config_heredoc(plan)), workdir=_workdir(plan), comm=job.comm,
         preflight=job.preflight, preflight_gate=profile.preflight, preflight_gate_dir=slurm.workdir or str(run_dir()),
-        **_retry_settings(slurm),
+        ranks_ended_file=RANKS_ENDED_FILE, **_retry_settings(slurm),
     )
 
 

@@ -49,8 +49,8 @@ SLURM_STATES = {
     "REVOKED": FAILED, "RESV_DEL_HOLD": PENDING, "SIGNALING": RUNNING,
     "EXPEDITING": PENDING,  # 25.11: checking whether to requeue it ahead of others
 }
-# A job's state in an array's summary: the first found in this order wins.
 RANKS_ENDED_FILE = "ranks-ended-at"  # in the job's folder: the batch script's clock when srun's step ended
+# A job's state in an array's summary: the first found in this order wins.
 SUMMARY_ORDER = (RUNNING, PENDING, FAILED, PREEMPTED, CANCELLED, SUCCEEDED)
 
 # Pending reasons that need the user (job_reason_string(), or the controller's own text).
