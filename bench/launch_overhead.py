@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -86,12 +87,19 @@ def run_direct(ranks: int, steps: int, out: Path, env: dict[str, str]) -> tuple[
 
 
 def run_command(argv: list[str], cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> tuple[float, str]:
-    started = time.perf_counter()
+    elapsed, out, _ = run_counted(argv, cwd, env, ok)
+    return elapsed, out
+
+
+def run_counted(argv: list[str], cwd: Path, env: dict[str, str],
+                ok: tuple[int, ...] = (0,)) -> tuple[float, str, float]:
+    """Wall seconds, output, and the CPU seconds of the process and the children it waited for."""
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    elapsed = time.perf_counter() - started
+    elapsed, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode not in ok:
         raise SystemExit(f"{argv[:4]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
-    return elapsed, proc.stdout
+    return elapsed, proc.stdout, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def bare_stages(output: str, began: float, elapsed: float) -> dict[str, float]:
@@ -151,8 +159,10 @@ def timed(kind: str, ranks: int, args: argparse.Namespace, home: Path, env: dict
         elapsed, out = run_command(torchrun, REPO, bare_env)
         return elapsed, bare_stages(out, began, elapsed)
     # podrun exits 2: the tiny job does not reach top-1 1.0 (so no model is registered; the run page is)
-    elapsed, out = run_command(podrun_command(ranks, args.steps), args.repo, env, ok=(0, 2))
-    return elapsed, podrun_stages(home, out, began, elapsed)
+    # its CPU is the launch process's own (CLI and following the job): the supervisor and the ranks
+    # run in a session of their own, and it does not wait for them
+    elapsed, out, cpu = run_counted(podrun_command(ranks, args.steps), args.repo, env, ok=(0, 2))
+    return elapsed, podrun_stages(home, out, began, elapsed) | {"launch process CPU": cpu}
 
 
 def spread(values: list[float]) -> str:
@@ -194,6 +204,9 @@ def print_breakdown(stages: dict, ranks: int) -> None:
     cpu = [f"{pod[key]:.2f} s {key.split('(')[1][:-1]}" for key in pod if key.startswith("sender CPU")]
     if cpu:
         print(f"  {'sender':<24} CPU time: {', '.join(cpu)} (run: until it saw the run end; nice +10 from run_start)")
+    if "launch process CPU" in pod:
+        print(f"  {'podrun launch':<24} CPU time: {pod['launch process CPU']:.2f} s (CLI and following the job; "
+              "the supervisor and the ranks not counted)")
     if "after run_stop" in pod:
         parts = [f"{name.strip()} {pod[name]:.2f}" for name in pod if name.startswith("  ")]
         print(f"  after run_stop: podrun exited {pod['after run_stop']:.2f} s after it ({', '.join(parts)}); "

@@ -132,11 +132,7 @@ def fit(plan: LaunchPlan) -> int:
         ),
     )
     result = trainer.fit()
-    returned_at = time.time()
-    ended_at = workers_ended_at()
-    if ended_at is not None:
-        print(f"[ray] the last worker exited {returned_at - ended_at:.2f} s before fit() returned", flush=True)
-    finish_records(plan, released_at=min(ended_at or returned_at, returned_at))
+    finish_records(plan, train_workers=True)
     return report(outcome(result))
 
 
@@ -145,7 +141,7 @@ def workers_ended_at() -> float | None:
 
     That is the end of the worker group, and of ``device_release_s``: each worker's process
     holds its GPU until it exits. ``fit()`` returns later, after Ray Train's controller has
-    removed the placement group and built the result (0.2-1.0 s on the test hosts).
+    removed the placement group and built the result (0.1-1.0 s on the test hosts).
     Without Ray's dashboard (which serves the state API) this is None: the caller uses the
     time ``fit()`` returned.
     """
@@ -184,13 +180,13 @@ def outcome(result: Any) -> int:
     return int(code)
 
 
-def finish_records(plan: LaunchPlan, released_at: float | None = None) -> None:
+def finish_records(plan: LaunchPlan, train_workers: bool = False) -> None:
     """The workers are gone: send the run's last records (the model, the run page) from the driver.
 
     The driver holds no GPU (it runs on the head node), so exporting and registering the model
-    here keeps the workers' GPUs free; ``device_release_s`` ends at ``released_at`` (the last
-    worker's exit), or now. Inside a Slurm allocation (``--on slurm``) this would hold the
-    allocation: the launcher or ``podrun sync`` does it there.
+    here keeps the workers' GPUs free. ``device_release_s`` ends at the last Ray Train worker's
+    exit (``train_workers``: :func:`workers_ended_at`), or now. Inside a Slurm allocation
+    (``--on slurm``) this would hold the allocation: the launcher or ``podrun sync`` does it there.
     """
     if os.environ.get("SLURM_JOB_ID"):
         return
@@ -199,10 +195,14 @@ def finish_records(plan: LaunchPlan, released_at: float | None = None) -> None:
     from jobs.tracking.system_metrics import tracking_log
 
     began, job = time.time(), plan.job
-    released_at = released_at or began
     spool = Path(job.job_dir) / "mlflow-spool"
     if not spool_pending(spool):
         return
+    released_at = began
+    if train_workers:  # another node's clock may run ahead of this one: never after now
+        released_at = min(workers_ended_at() or began, began)
+    if released_at < began:
+        print(f"[ray] the last worker exited {began - released_at:.2f} s before fit() returned", flush=True)
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the model is exported on the CPU
     try:
         with library_output(tracking_log(job.job_dir)):
