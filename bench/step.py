@@ -27,10 +27,12 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +134,19 @@ def run_row(row: dict[str, Any], args: argparse.Namespace, home: Path) -> dict[s
         return {**row, "error": f"podrun refuses: {exc}"}
     out = config.parent / "bench.json"
     env = dict(os.environ, PODRUN_HOME=str(home), PYTHONPATH=with_repo(REPO), PODRUN_DATA=str(args.data))
-    proc = subprocess.run(worker_command(row, config, out, args), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=args.row_timeout)
-    (config.parent / "bench.log").write_text(proc.stdout)
+    # Its own process group, so a row past --row-timeout takes torchrun's ranks down with it.
+    proc = subprocess.Popen(worker_command(row, config, out, args), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        stdout, _ = proc.communicate(timeout=args.row_timeout)
+    except subprocess.TimeoutExpired:  # one stuck mode must not lose the rows after it
+        os.killpg(proc.pid, signal.SIGKILL)
+        (config.parent / "bench.log").write_text(proc.communicate()[0])
+        return {**row, "error": f"timed out after {args.row_timeout} s (--row-timeout); its log: "
+                                f"{config.parent / 'bench.log'}"}
+    (config.parent / "bench.log").write_text(stdout)
     if proc.returncode != 0 or not out.is_file():
-        tail = [line for line in proc.stdout.splitlines() if line.strip()][-3:]
+        tail = [line for line in stdout.splitlines() if line.strip()][-3:]
         return {**row, "error": f"exit {proc.returncode}: {' | '.join(tail)}"[:400]}
     return {**row, **json.loads(out.read_text()), "log": str(config.parent)}
 
@@ -149,11 +159,12 @@ def format_row(result: dict[str, Any]) -> str:
     unit = "tok/s" if result["model"].startswith("transformer") else "img/s"
     head = (f"| {result['model']} | {result['ranks']} | {result['precision']} | {result['format']} | "
             f"{result['compile']} |")
+    took = f"row {result['seconds']:.0f} s; " if "seconds" in result else ""
     if "error" in result:
-        return f"{head} - | - | - | {result['error']} |"
+        return f"{head} - | - | - | {took}{result['error']} |"
     cpu = f"CPU time: {spread(result['cpu_ratio'])}; " if result.get("device") == "cpu" else ""
     return (f"{head} {statistics.median(result['bare']):,.1f} {unit} | {statistics.median(result['podrun']):,.1f} "
-            f"{unit} | {spread(result['ratio'])} | {cpu}resume {result['resume']} |")
+            f"{unit} | {spread(result['ratio'])} | {took}{cpu}resume {result['resume']} |")
 
 
 TABLE_HEAD = ("| model | ranks | precision | format | compile | bare (median) | podrun (median) "
@@ -186,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     print(TABLE_HEAD, flush=True)
     results = []
     for row in rows(args):
-        results.append(run_row(row, args, home))
+        began = time.monotonic()
+        results.append({**run_row(row, args, home), "seconds": round(time.monotonic() - began, 1)})
         print(format_row(results[-1]), flush=True)
     print(f"# load average {os.getloadavg()[0]:.2f} at the end; runs and logs under {home}", flush=True)
     if args.json:
