@@ -24,10 +24,10 @@ written once into ``--data``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -127,6 +127,21 @@ def worker_command(row: dict[str, Any], config: Path, out: Path, args: argparse.
     return [torchrun, "--standalone", "--nproc-per-node", str(row["ranks"]), *common]
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a row's process and every descendant: torchrun starts each rank in a session of its own."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        family = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(family, timeout=10)
+
+
 def run_row(row: dict[str, Any], args: argparse.Namespace, home: Path) -> dict[str, Any]:
     try:
         config = resolve(row, args)
@@ -134,13 +149,12 @@ def run_row(row: dict[str, Any], args: argparse.Namespace, home: Path) -> dict[s
         return {**row, "error": f"podrun refuses: {exc}"}
     out = config.parent / "bench.json"
     env = dict(os.environ, PODRUN_HOME=str(home), PYTHONPATH=with_repo(REPO), PODRUN_DATA=str(args.data))
-    # Its own process group, so a row past --row-timeout takes torchrun's ranks down with it.
     proc = subprocess.Popen(worker_command(row, config, out, args), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True)
     try:
         stdout, _ = proc.communicate(timeout=args.row_timeout)
     except subprocess.TimeoutExpired:  # one stuck mode must not lose the rows after it
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         (config.parent / "bench.log").write_text(proc.communicate()[0])
         return {**row, "error": f"timed out after {args.row_timeout} s (--row-timeout); its log: "
                                 f"{config.parent / 'bench.log'}"}
