@@ -159,8 +159,10 @@ def test_a_slow_ray_host_is_named_within_the_window(ray_cluster, local_env, caps
     logs = ray_logs(record)
     slow_rank = next(rank for rank, host in rank_hosts(logs, 2).items() if host == slow)
     assert re.search(rf"\[straggler\] rank {slow_rank} on {slow}: \d+\.\dx the median", logs), logs[-3000:]
-    (entry,) = named_in(Path(record.extra["cluster_job_dir"]))
-    assert entry["rank"] == slow_rank, entry
+    # The first named is the slowed host's rank. The run goes on (action: warn) until the test has read the
+    # status, so on a loaded box the other rank may be named later too (seen once: 1.29x at step 13).
+    entry, *_ = named = named_in(Path(record.extra["cluster_job_dir"]))
+    assert entry["rank"] == slow_rank, named
     step = entry["step"]  # the second slow window in a row (step 1 is not compared)
     assert ratios[step - 1] >= 1.2 and ratios[step] >= 1.2 and ratios.get(step - 2, 0.0) < 1.2, (step, ratios)
     assert f"; straggler: rank {slow_rank} on {slow}, " in status, status
