@@ -277,8 +277,6 @@ def test_a_slowed_local_rank_is_named_and_replace_stops_the_job_after_a_checkpoi
     assert "stopped after a checkpoint to replace a straggling node" in line and "straggler: rank 1 on" in line
     client, run_id = MlflowClient(record.tracking_uri), read_run_info(Path(record.checkpoint_dir))["mlflow_run_id"]
     assert client.get_run(run_id).data.tags["podrun.stragglers"].startswith(f"rank 1 on {host}, ")
-    history = sorted(client.get_metric_history(run_id, "straggler_ratio"), key=lambda metric: metric.step)
-    ratios = [metric.value for metric in history]  # every compared window, one per step (train.log_every=1)
-    # Named at the second window in a row over the threshold, not later: the window before the streak was under it.
-    assert history[-1].step == named[0]["step"] and ratios[-1] >= 1.2 and ratios[-2] >= 1.2, (ratios, named)
-    assert len(ratios) == 2 or ratios[-3] < 1.2, (ratios, named)
+    ratios = {metric.step: metric.value for metric in client.get_metric_history(run_id, "straggler_ratio")}
+    step = named[0]["step"]  # the second slow window in a row (step 1 is not compared), as on Ray
+    assert ratios[step - 1] >= 1.2 and ratios[step] >= 1.2 and ratios.get(step - 2, 0.0) < 1.2, (step, ratios)
