@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="keep torch.profiler tables of one window each")
     parser.add_argument("--stop-check-every", type=int, default=10,
                         help="train.stop_check_every (the recipe default); lower it for short mode checks")
-    parser.add_argument("--row-timeout", type=int, default=3600)
+    parser.add_argument("--row-timeout", type=int, default=3600,
+                        help="seconds until a row is reported as timed out and its processes killed; the grid goes on")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     return parser.parse_args(argv)
 
