@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train.stop_check_every (the recipe default); lower it for short mode checks")
     parser.add_argument("--row-timeout", type=int, default=3600,
                         help="seconds until a row is reported as timed out and its processes killed; the grid goes on")
+    parser.add_argument("--tracking", default="on",
+                        help="on,off: off runs podrun's loop without rank 0's MLflow sender and system-metrics "
+                             "monitor, to see what they cost (each on/off pair runs back to back)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     return parser.parse_args(argv)
 
@@ -83,8 +86,9 @@ def rows(args: argparse.Namespace) -> list[dict[str, Any]]:
             for precision in args.precisions.split(","):
                 for memory_format in formats:
                     for compiled in args.compile.split(","):
-                        found.append({"model": model, "ranks": ranks, "precision": precision,
-                                      "format": memory_format, "compile": compiled})
+                        for tracking in args.tracking.split(","):
+                            found.append({"model": model, "ranks": ranks, "precision": precision,
+                                          "format": memory_format, "compile": compiled, "tracking": tracking})
     return found
 
 
@@ -121,7 +125,8 @@ def resolve(row: dict[str, Any], args: argparse.Namespace) -> Path:
 
 def worker_command(row: dict[str, Any], config: Path, out: Path, args: argparse.Namespace) -> list[str]:
     common = [str(WORKER), str(config), "--out", str(out), "--window", str(args.window), "--repeats",
-              str(args.repeats), "--warmup", str(args.warmup), *(["--profile"] if args.profile else [])]
+              str(args.repeats), "--warmup", str(args.warmup), *(["--profile"] if args.profile else []),
+              *(["--no-tracking"] if row.get("tracking") == "off" else [])]
     if row["ranks"] == 1:
         return [sys.executable, *common]
     torchrun = str(Path(sys.executable).parent / "torchrun")
@@ -175,6 +180,7 @@ def format_row(result: dict[str, Any]) -> str:
     head = (f"| {result['model']} | {result['ranks']} | {result['precision']} | {result['format']} | "
             f"{result['compile']} |")
     took = f"row {result['seconds']:.0f} s; " if "seconds" in result else ""
+    took += "MLflow off (no sender, no monitor); " if result.get("tracking") == "off" else ""
     if "error" in result:
         return f"{head} - | - | - | {took}{result['error']} |"
     cpu = f"CPU time: {spread(result['cpu_ratio'])}; " if result.get("device") == "cpu" else ""

@@ -179,9 +179,30 @@ def stop_after(trainer: Trainer, steps: int):
     return before_step
 
 
-def resume_check(job: ResolvedJob, info, device: torch.device, saved_step: int, steps: int) -> str:
+class NoTracker:
+    """Rank 0's tracker with nothing behind it (``--no-tracking``): no sender process, no monitor."""
+
+    run_id = None
+
+    def finish(self, *args, **kwargs) -> bool:
+        return True
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def rank0_tracker(job: ResolvedJob, info, tracking: bool):
+    if not info.is_main:
+        return None
+    if tracking:
+        return open_tracker(job)
+    print("[bench] --no-tracking: no MLflow sender or monitor; any [mlflow] line below sent nothing", flush=True)
+    return NoTracker()
+
+
+def resume_check(job: ResolvedJob, info, device: torch.device, saved_step: int, steps: int, tracking: bool) -> str:
     """A new Trainer resumes from the stop's checkpoint and trains ``steps`` more; what it saw."""
-    tracker = open_tracker(job) if info.is_main else None
+    tracker = rank0_tracker(job, info, tracking)
     try:
         trainer = Trainer(job, info, device, tracker=tracker)
         resumed_at = trainer.state.global_step
@@ -206,7 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from jobs.rank.dist import init_distributed
 
         init_distributed(info, device)
-    tracker = open_tracker(job) if info.is_main else None
+    tracker = rank0_tracker(job, info, args.tracking)
     try:
         trainer = Trainer(job, info, device, tracker=tracker)
         needed = args.warmup + args.repeats * args.window + 2 * job.recipe.train.stop_check_every + 1
@@ -228,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summed = torch.tensor(items, dtype=torch.float64)
         dist.all_reduce(summed)
         items = summed.tolist()
-    resume = resume_check(job, info, device, trainer.state.global_step, args.window)
+    resume = resume_check(job, info, device, trainer.state.global_step, args.window, args.tracking)
     return {"podrun": [n / s for n, s in zip(items, bench.podrun_s)],
             "bare": [n / s for n, s in zip(items, bench.bare_s)],
             "ratio": [b / p for p, b in zip(bench.podrun_s, bench.bare_s)],
@@ -244,6 +265,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="profile the second window of each loop")
+    parser.add_argument("--no-tracking", dest="tracking", action="store_false",
+                        help="no MLflow tracker on rank 0: no sender process, no system-metrics monitor")
     args = parser.parse_args()
     result = run(args)
     if detect_rank_env().is_main:

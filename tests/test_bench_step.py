@@ -29,6 +29,19 @@ def test_the_step_benchmark_times_both_loops_and_resumes_without_waiting_for_a_s
     assert logs and "still sending" not in logs[0].read_text()  # the resumed attempt did not wait for a sender
 
 
+def test_a_row_with_tracking_off_runs_podruns_loop_without_a_sender(tmp_path):
+    command = [sys.executable, "bench/step.py", "--models", "resnet-tiny", "--ranks", "1", "--precisions", "fp32",
+               "--formats", "channels_last", "--compile", "off", "--tracking", "off", "--repeats", "1", "--window",
+               "2", "--warmup", "1", "--stop-check-every", "1"]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=os.environ | {"TMPDIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert re.search(r"\| resnet-tiny \| 1 \| .* MLflow off \(no sender, no monitor\); .*resume ok", proc.stdout)
+    job_dir, = Path(re.search(r"runs and logs under (\S+)", proc.stdout).group(1)).glob("jobs/*/")
+    assert "[bench] --no-tracking" in (job_dir / "bench.log").read_text()
+    assert not (job_dir / "mlflow-spool").exists()  # no tracker ever spooled a record for a sender
+
+
 def test_a_row_past_its_timeout_is_reported_and_its_ranks_are_gone(tmp_path):
     """A row's torchrun and its ranks (each in a session of its own) are all killed; the grid goes on."""
     import psutil
