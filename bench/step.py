@@ -12,8 +12,9 @@ bare loop of :mod:`bench.bare_step` on the same model config, batches, precision
 format and compile mode, in interleaved windows of ``--window`` steps; the ratio
 podrun/bare is taken per pair of windows and reported as min/median/max over
 ``--repeats`` pairs. Each row then stops podrun's loop as a preemption would and resumes
-it from the checkpoint ("resume ok"). A mode that cannot run on this device is reported
-as podrun's one-line error. CUDA is used when present (2-rank rows need 2 GPUs).
+it from the checkpoint ("resume ok"). ``--tracking on,off`` adds, after each row, the same row
+without rank 0's MLflow sender and system-metrics monitor, to see what they cost. A mode that
+cannot run on this device is reported as podrun's one-line error. CUDA is used when present (2-rank rows need 2 GPUs).
 
 Models: ``resnet-tiny`` (the ``resnet50:tiny`` preset on synthetic 32 px images, batch
 32), ``resnet50-32px`` (ResNet-50 at full width and depth on synthetic 32 px images, batch
@@ -75,7 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="on,off: off runs podrun's loop without rank 0's MLflow sender and system-metrics "
                              "monitor, to see what they cost (each on/off pair runs back to back)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("compile", "tracking"):
+        if not set(getattr(args, name).split(",")) <= {"on", "off"}:
+            parser.error(f"--{name} takes on, off or on,off, not {getattr(args, name)!r}")
+    return args
 
 
 def rows(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 Started by ``bench/step.py`` (1 rank: ``python bench/step_worker.py``; 2 ranks: ``torchrun
 --nproc-per-node 2 bench/step_worker.py``) on a resolved job the parent wrote. The rank
 builds podrun's :class:`jobs.train.Trainer` as :func:`jobs.run.run_rank` does (its device,
-process group, MLflow tracker, progress lines, stop votes and MLPerf log all on) and the
+process group, MLflow tracker (unless ``--no-tracking``), progress lines, stop votes and MLPerf log all on) and the
 bare loop of :mod:`bench.bare_step` on the same model config, batches, precision, memory
 format and compile mode, and runs ``Trainer.run()`` with its loader wrapped: between
 podrun's timed windows of ``--window`` steps the wrapper runs the bare loop's windows on

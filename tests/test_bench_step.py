@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
 
 
+@pytest.mark.slow
 def test_the_step_benchmark_times_both_loops_and_resumes_without_waiting_for_a_sender(tmp_path):
     command = [sys.executable, "bench/step.py", "--models", "resnet-tiny", "--ranks", "1", "--precisions", "fp32",
                "--formats", "channels_last", "--compile", "off", "--repeats", "1", "--window", "2", "--warmup", "1",
@@ -29,6 +29,16 @@ def test_the_step_benchmark_times_both_loops_and_resumes_without_waiting_for_a_s
     assert logs and "still sending" not in logs[0].read_text()  # the resumed attempt did not wait for a sender
 
 
+@pytest.mark.fast
+@pytest.mark.parametrize("option", ["--tracking", "--compile"])
+def test_an_on_off_option_with_another_value_is_refused_in_one_line(option):
+    proc = subprocess.run([sys.executable, "bench/step.py", option, "yes"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == f"step.py: error: {option} takes on, off or on,off, not 'yes'"
+
+
+@pytest.mark.slow
 def test_a_row_with_tracking_off_runs_podruns_loop_without_a_sender(tmp_path):
     command = [sys.executable, "bench/step.py", "--models", "resnet-tiny", "--ranks", "1", "--precisions", "fp32",
                "--formats", "channels_last", "--compile", "off", "--tracking", "off", "--repeats", "1", "--window",
@@ -42,6 +52,7 @@ def test_a_row_with_tracking_off_runs_podruns_loop_without_a_sender(tmp_path):
     assert not (job_dir / "mlflow-spool").exists()  # no tracker ever spooled a record for a sender
 
 
+@pytest.mark.slow
 def test_a_row_past_its_timeout_is_reported_and_its_ranks_are_gone(tmp_path):
     """A row's torchrun and its ranks (each in a session of its own) are all killed; the grid goes on."""
     import psutil
