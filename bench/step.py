@@ -12,9 +12,10 @@ bare loop of :mod:`bench.bare_step` on the same model config, batches, precision
 format and compile mode, in interleaved windows of ``--window`` steps; the ratio
 podrun/bare is taken per pair of windows and reported as min/median/max over
 ``--repeats`` pairs. Each row then stops podrun's loop as a preemption would and resumes
-it from the checkpoint ("resume ok"). ``--tracking on,off`` adds, after each row, the same row
-without rank 0's MLflow sender and system-metrics monitor, to see what they cost. A mode that
-cannot run on this device is reported as podrun's one-line error. CUDA is used when present (2-rank rows need 2 GPUs).
+it from the checkpoint ("resume ok"). ``--tracking on,off`` adds, after each row, the same
+row without rank 0's MLflow sender and system-metrics monitor, to see what they cost. A mode
+that cannot run on this device is reported as podrun's one-line error. CUDA is used when
+present (2-rank rows need 2 GPUs).
 
 Models: ``resnet-tiny`` (the ``resnet50:tiny`` preset on synthetic 32 px images, batch
 32), ``resnet50-32px`` (ResNet-50 at full width and depth on synthetic 32 px images, batch

@@ -3,11 +3,12 @@
 Started by ``bench/step.py`` (1 rank: ``python bench/step_worker.py``; 2 ranks: ``torchrun
 --nproc-per-node 2 bench/step_worker.py``) on a resolved job the parent wrote. The rank
 builds podrun's :class:`jobs.train.Trainer` as :func:`jobs.run.run_rank` does (its device,
-process group, MLflow tracker (unless ``--no-tracking``), progress lines, stop votes and MLPerf log all on) and the
-bare loop of :mod:`bench.bare_step` on the same model config, batches, precision, memory
-format and compile mode, and runs ``Trainer.run()`` with its loader wrapped: between
-podrun's timed windows of ``--window`` steps the wrapper runs the bare loop's windows on
-the same batches (order B0 P0 P1 B1 B2 P2 P3 B3 ..., so neither loop always goes first).
+process group, MLflow tracker unless ``--no-tracking``, progress lines, stop votes and MLPerf
+log all on) and the bare loop of :mod:`bench.bare_step` on the same model config, batches,
+precision, memory format and compile mode, and runs ``Trainer.run()`` with its loader
+wrapped: between podrun's timed windows of ``--window`` steps the wrapper runs the bare
+loop's windows on the same batches (order B0 P0 P1 B1 B2 P2 P3 B3 ..., so neither loop
+always goes first).
 After the last window rank 0's stop flag is set, as SIGUSR2 would set it: every rank stops
 at the same step, rank 0 checkpoints, and a second Trainer resumes from that checkpoint and
 trains a few more steps, so each row also shows that its mode runs, checkpoints and resumes.

@@ -13,14 +13,20 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
-def test_the_step_benchmark_times_both_loops_and_resumes_without_waiting_for_a_sender(tmp_path):
+def smallest_row(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    """bench/step.py on its smallest row (one window pair of 2 steps), which must end with exit 0."""
     command = [sys.executable, "bench/step.py", "--models", "resnet-tiny", "--ranks", "1", "--precisions", "fp32",
                "--formats", "channels_last", "--compile", "off", "--repeats", "1", "--window", "2", "--warmup", "1",
-               "--stop-check-every", "1", "--json", str(tmp_path / "step.json")]
+               "--stop-check-every", "1", *extra]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env=os.environ | {"TMPDIR": str(tmp_path)})  # its runs and logs go under tmp_path
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_the_step_benchmark_times_both_loops_and_resumes_without_waiting_for_a_sender(tmp_path):
+    proc = smallest_row(tmp_path, "--json", str(tmp_path / "step.json"))
     row = re.search(r"\| resnet-tiny \| 1 \| fp32 \| channels_last \| off \| ([\d,.]+) img/s \| ([\d,.]+) img/s \|"
                     r".*CPU time: .*; resume ok: step (\d+) -> (\d+) \|", proc.stdout)
     assert row, proc.stdout[-2000:]
@@ -40,12 +46,7 @@ def test_an_on_off_option_with_another_value_is_refused_in_one_line(option):
 
 @pytest.mark.slow
 def test_a_row_with_tracking_off_runs_podruns_loop_without_a_sender(tmp_path):
-    command = [sys.executable, "bench/step.py", "--models", "resnet-tiny", "--ranks", "1", "--precisions", "fp32",
-               "--formats", "channels_last", "--compile", "off", "--tracking", "off", "--repeats", "1", "--window",
-               "2", "--warmup", "1", "--stop-check-every", "1"]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=os.environ | {"TMPDIR": str(tmp_path)})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = smallest_row(tmp_path, "--tracking", "off")
     assert re.search(r"\| resnet-tiny \| 1 \| .* MLflow off \(no sender, no monitor\); .*resume ok", proc.stdout)
     job_dir, = Path(re.search(r"runs and logs under (\S+)", proc.stdout).group(1)).glob("jobs/*/")
     assert "[bench] --no-tracking" in (job_dir / "bench.log").read_text()
